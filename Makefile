@@ -1,0 +1,33 @@
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/tidelog server
+
+test: $(STAMP)
+	scripts/install-test-tools.sh
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+	python3 ../shared/tools/check_layers.py src/tidelog 2>/dev/null || test ! -f ../shared/tools/check_layers.py
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(PY) bench/produce_fetch.py
+
+clean:
+	rm -rf $(VENV) data

@@ -1,0 +1,84 @@
+"""What every API module shares: the broker context handlers see, error codes, and a
+constructor for kio response objects that fits one call to every version."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import cache
+from types import ModuleType
+from typing import Any
+
+from kio.index import load_payload_module
+from kio.schema.errors import ErrorCode
+from kio.static.constants import EntityType
+
+from tidelog.partition.topics import TopicManager
+from tidelog.protocol.codec import RequestHeader
+
+
+@dataclass(slots=True)
+class BrokerInfo:
+    node_id: int
+    host: str
+    port: int
+    rack: str | None = None
+
+
+@dataclass(slots=True)
+class BrokerConfig:
+    cluster_id: str = "tidelog-cluster"
+    auto_create_topics: bool = True
+    num_partitions: int = 1
+    max_message_bytes: int = 8 << 20
+    fetch_max_wait_cap: float = 30.0
+
+
+@dataclass(slots=True)
+class Context:
+    """Everything a handler may touch: the compute layer and the broker's identity."""
+
+    broker: BrokerInfo
+    topics: TopicManager
+    config: BrokerConfig = field(default_factory=BrokerConfig)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+Handler = Callable[[Context, RequestHeader, Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Api:
+    key: int
+    min_version: int
+    max_version: int
+    handler: Handler
+
+
+@cache
+def response_module(api_key: int, version: int) -> ModuleType:
+    return load_payload_module(api_key, version, EntityType.response)
+
+
+@cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))
+
+
+def make(cls: type, **kwargs: Any) -> Any:
+    """Build a kio entity from the kwargs its version has; others are dropped, so one call
+    site serves every version."""
+    names = _field_names(cls)
+    return cls(**{k: v for k, v in kwargs.items() if k in names})
+
+
+def has_field(cls: type, name: str) -> bool:
+    return name in _field_names(cls)
+
+
+def error(name: str) -> ErrorCode:
+    return ErrorCode[name]
+
+
+NONE = ErrorCode.none

@@ -1,0 +1,48 @@
+"""From a request frame to a response frame: version check, decode, handle, encode."""
+
+from __future__ import annotations
+
+import logging
+
+from tidelog.api.api_versions import API_VERSIONS, api_versions_response
+from tidelog.api.base import Context
+from tidelog.api.produce import NO_RESPONSE
+from tidelog.api.registry import ALL, BY_KEY
+from tidelog.protocol.codec import decode_request, encode_response, peek_header
+
+log = logging.getLogger(__name__)
+
+
+class ProtocolViolation(Exception):
+    """The peer sent something no Kafka client sends: the connection is closed."""
+
+
+class Dispatcher:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        ctx.extras["apis"] = ALL
+        self.requests = 0
+
+    async def __call__(self, frame: bytes) -> bytes | None:
+        head = peek_header(frame)
+        api = BY_KEY.get(head.api_key)
+        if api is None:
+            raise ProtocolViolation(f"unknown api key {head.api_key}")
+        version = head.api_version
+        if not api.min_version <= version <= api.max_version:
+            if head.api_key == API_VERSIONS:
+                body = api_versions_response(0, ALL, unsupported=True)
+                return encode_response(API_VERSIONS, 0, head.correlation_id, body)
+            raise ProtocolViolation(
+                f"api key {head.api_key} version {version} not supported "
+                f"({api.min_version}-{api.max_version})")
+        try:
+            header, req = decode_request(frame)
+        except Exception as exc:
+            raise ProtocolViolation(
+                f"malformed request (api key {head.api_key} v{version}): {exc!r}") from exc
+        self.requests += 1
+        resp = await api.handler(self.ctx, header, req)
+        if resp is NO_RESPONSE:
+            return None
+        return encode_response(head.api_key, version, head.correlation_id, resp)

@@ -1,0 +1,179 @@
+"""Fetch: long polling (max_wait / min_bytes) over partitions read concurrently, with
+fetch sessions (KIP-227) for incremental requests."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+
+from tidelog.api.base import NONE, Api, Context, error, make, response_module
+from tidelog.api.fetch_sessions import (
+    FetchSession,
+    FetchSessionCache,
+    PartitionKey,
+    SessionError,
+    SessionPartition,
+)
+from tidelog.partition.partition import Partition
+from tidelog.protocol.codec import RequestHeader
+
+log = logging.getLogger(__name__)
+FETCH = 1
+
+
+def sessions(ctx: Context) -> FetchSessionCache:
+    cache = ctx.extras.get("fetch_sessions")
+    if cache is None:
+        cache = ctx.extras["fetch_sessions"] = FetchSessionCache()
+    assert isinstance(cache, FetchSessionCache)
+    return cache
+
+
+def _name(ctx: Context, t: Any) -> str | None:
+    if getattr(t, "topic", None) is not None:
+        return str(t.topic)
+    topic = ctx.topics.by_id.get(getattr(t, "topic_id", None))  # type: ignore[arg-type]
+    return topic.name if topic else None
+
+
+def _requested(ctx: Context, req: Any) -> tuple[dict[PartitionKey, SessionPartition],
+                                                list[tuple[Any, int]]]:
+    """Partitions asked for, and (topic id, partition) pairs whose topic id is unknown."""
+    wanted: dict[PartitionKey, SessionPartition] = {}
+    unknown: list[tuple[Any, int]] = []
+    for t in req.topics:
+        name = _name(ctx, t)
+        for p in t.partitions:
+            if name is None:
+                unknown.append((getattr(t, "topic_id", None), p.partition))
+            else:
+                wanted[(name, p.partition)] = SessionPartition(p.fetch_offset,
+                                                               p.partition_max_bytes)
+    return wanted, unknown
+
+
+async def handle_fetch(ctx: Context, header: RequestHeader, req: Any) -> Any:
+    version = header.api_version
+    mod = response_module(FETCH, version)
+    cache = sessions(ctx)
+    session: FetchSession | None = None
+    incremental = False
+    try:
+        wanted, unknown = _requested(ctx, req)
+        sid, epoch = getattr(req, "session_id", 0), getattr(req, "session_epoch", -1)
+        if sid == 0 and epoch == 0:
+            session = cache.new()
+            session.partitions = wanted
+        elif sid != 0 and epoch == -1:
+            cache.remove(sid)
+        elif sid != 0:
+            session = cache.get(sid, epoch)
+            incremental = True
+            session.partitions.update(wanted)
+            for t in getattr(req, "forgotten_topics_data", ()):
+                name = _name(ctx, t)
+                for index in t.partitions:
+                    session.partitions.pop((name, index), None)  # type: ignore[arg-type]
+            wanted = session.partitions
+    except SessionError as exc:
+        return make(mod.FetchResponse, throttle_time=timedelta(0), error_code=error(exc.code),
+                    session_id=0, responses=(), node_endpoints=())
+    if session is not None:
+        session.epoch += 1
+
+    deadline = time.monotonic() + min(req.max_wait.total_seconds(),
+                                      ctx.config.fetch_max_wait_cap)
+    min_bytes = max(req.min_bytes, 1)
+    max_bytes = req.max_bytes if req.max_bytes > 0 else 0x7FFFFFFF
+    while True:
+        results = await _read_all(ctx, wanted, max_bytes)
+        total = sum(r[4] for r in results.values())
+        has_error = any(r[0] != NONE for r in results.values())
+        remaining = deadline - time.monotonic()
+        if total >= min_bytes or has_error or remaining <= 0 or not wanted:
+            break
+        waits = [p.wait_for_data() for key in wanted
+                 if (p := ctx.topics.partition(*key)) is not None]
+        _, pending = await asyncio.wait(waits, timeout=remaining,
+                                        return_when=asyncio.FIRST_COMPLETED)
+        for w in pending:
+            w.cancel()
+
+    by_topic: dict[str, list[Any]] = {}
+    for key, (code, hw, start, bufs, _n) in results.items():
+        sp = wanted[key]
+        if incremental and not bufs and code == NONE and hw == sp.last_hw and (
+                start == sp.last_start):
+            continue  # unchanged: an incremental response leaves it out
+        sp.last_hw, sp.last_start = hw, start
+        by_topic.setdefault(key[0], []).append(make(
+            mod.PartitionData, partition_index=key[1], error_code=code, high_watermark=hw,
+            last_stable_offset=hw, log_start_offset=start, aborted_transactions=None,
+            preferred_read_replica=-1,
+            records=b"".join(bufs)))
+    topics = []
+    for name, parts in by_topic.items():
+        t = ctx.topics.get(name)
+        topics.append(make(mod.FetchableTopicResponse, topic=name,
+                           topic_id=t.topic_id if t else None, partitions=tuple(parts)))
+    for topic_id, index in unknown:
+        topics.append(make(mod.FetchableTopicResponse, topic=None, topic_id=topic_id,
+                           partitions=(make(mod.PartitionData, partition_index=index,
+                                            error_code=error("unknown_topic_id"),
+                                            high_watermark=-1, last_stable_offset=-1,
+                                            log_start_offset=-1, aborted_transactions=None,
+                                            preferred_read_replica=-1, records=b""),)))
+    return make(mod.FetchResponse, throttle_time=timedelta(0), error_code=NONE,
+                session_id=session.session_id if session else 0, responses=tuple(topics),
+                node_endpoints=())
+
+
+async def _read_all(
+    ctx: Context, wanted: dict[PartitionKey, SessionPartition], max_bytes: int
+) -> dict[PartitionKey, tuple[ErrorCode, int, int, list[Any], int]]:
+    """Read every partition concurrently; the response size limit is applied in order."""
+    keys = list(wanted)
+    parts = [ctx.topics.partition(*k) for k in keys]
+    reads = await asyncio.gather(*(_read_one(p, wanted[k]) for k, p in zip(keys, parts,
+                                                                          strict=True)))
+    out: dict[PartitionKey, tuple[ErrorCode, int, int, list[Any], int]] = {}
+    budget = max_bytes
+    any_taken = False  # the first batch of a response goes out whatever its size (KIP-74)
+    for k, (code, hw, start, bufs) in zip(keys, reads, strict=True):
+        taken: list[Any] = []
+        n = 0
+        for b in bufs:
+            if any_taken and len(b) > budget:
+                break
+            taken.append(b)
+            n += len(b)
+            budget -= len(b)
+            any_taken = True
+        out[k] = (code, hw, start, taken, n)
+    return out
+
+
+async def _read_one(
+    p: Partition | None, sp: SessionPartition
+) -> tuple[ErrorCode, int, int, list[Any]]:
+    if p is None:
+        return error("unknown_topic_or_partition"), -1, -1, []
+    hw, start = p.high_watermark, p.log_start_offset
+    if sp.fetch_offset < start or sp.fetch_offset > hw:
+        return error("offset_out_of_range"), hw, start, []
+    if sp.fetch_offset == hw:
+        return NONE, hw, start, []
+    try:
+        bufs = await p.read(sp.fetch_offset, sp.max_bytes)
+    except Exception as exc:  # an object read failed: the client retries
+        log.warning("fetch %s-%d@%d failed: %r", p.topic, p.index, sp.fetch_offset, exc)
+        return error("kafka_storage_error"), hw, start, []
+    return NONE, hw, start, bufs
+
+
+APIS = [Api(FETCH, 4, 16, handle_fetch)]

@@ -1,0 +1,83 @@
+"""Metadata and DescribeCluster: one broker owns every partition, and says so."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from tidelog.api.base import NONE, Api, Context, error, make, response_module
+from tidelog.partition.topics import Topic, TopicError
+from tidelog.protocol.codec import RequestHeader
+
+METADATA, DESCRIBE_CLUSTER = 3, 60
+
+
+def _topic_entry(mod: Any, ctx: Context, topic: Topic) -> Any:
+    node = ctx.broker.node_id
+    parts = tuple(
+        make(mod.MetadataResponsePartition, error_code=NONE, partition_index=p.index,
+             leader_id=node, leader_epoch=p.leader_epoch, replica_nodes=(node,),
+             isr_nodes=(node,), offline_replicas=())
+        for p in topic.partitions
+    )
+    return make(mod.MetadataResponseTopic, error_code=NONE, name=topic.name,
+                topic_id=topic.topic_id, is_internal=topic.internal, partitions=parts,
+                topic_authorized_operations=-2147483648)
+
+
+def _error_topic(mod: Any, name: str | None, code: str) -> Any:
+    return make(mod.MetadataResponseTopic, error_code=error(code), name=name,
+                topic_id=None, is_internal=False, partitions=(),
+                topic_authorized_operations=-2147483648)
+
+
+async def handle_metadata(ctx: Context, header: RequestHeader, req: Any) -> Any:
+    mod = response_module(METADATA, header.api_version)
+    b = ctx.broker
+    brokers = (make(mod.MetadataResponseBroker, node_id=b.node_id, host=b.host, port=b.port,
+                    rack=b.rack),)
+    entries = []
+    # v0: an empty list means every topic; v1+: null means every topic.
+    wanted = req.topics
+    if wanted is None or (header.api_version == 0 and not wanted):
+        entries = [_topic_entry(mod, ctx, t) for t in ctx.topics.topics.values()]
+    else:
+        allow_create = getattr(req, "allow_auto_topic_creation", True)
+        for t in wanted:
+            name = t.name
+            if name is None:
+                topic = ctx.topics.by_id.get(t.topic_id)
+                entries.append(_topic_entry(mod, ctx, topic) if topic else
+                               _error_topic(mod, None, "unknown_topic_id"))
+                continue
+            topic = ctx.topics.get(name)
+            if topic is None and allow_create and ctx.config.auto_create_topics:
+                try:
+                    topic = await ctx.topics.create(name, ctx.config.num_partitions)
+                except TopicError as exc:
+                    if exc.code != "topic_already_exists":
+                        entries.append(_error_topic(mod, name, exc.code))
+                        continue
+                    topic = ctx.topics.get(name)
+            entries.append(_topic_entry(mod, ctx, topic) if topic else
+                           _error_topic(mod, name, "unknown_topic_or_partition"))
+    return make(mod.MetadataResponse, throttle_time=timedelta(0), brokers=brokers,
+                cluster_id=ctx.config.cluster_id, controller_id=b.node_id,
+                topics=tuple(entries), cluster_authorized_operations=-2147483648)
+
+
+async def handle_describe_cluster(ctx: Context, header: RequestHeader, req: Any) -> Any:
+    mod = response_module(DESCRIBE_CLUSTER, header.api_version)
+    b = ctx.broker
+    return make(mod.DescribeClusterResponse, throttle_time=timedelta(0), error_code=NONE,
+                error_message=None, endpoint_type=1, cluster_id=ctx.config.cluster_id,
+                controller_id=b.node_id,
+                brokers=(make(mod.DescribeClusterBroker, broker_id=b.node_id, host=b.host,
+                              port=b.port, rack=b.rack, is_fenced=False),),
+                cluster_authorized_operations=-2147483648)
+
+
+APIS = [
+    Api(METADATA, 0, 12, handle_metadata),
+    Api(DESCRIBE_CLUSTER, 0, 1, handle_describe_cluster),
+]

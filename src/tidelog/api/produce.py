@@ -1,0 +1,89 @@
+"""Produce: validate each partition's batches and append them, partitions concurrently.
+
+The response waits for the WAL (acks=1 and acks=-1 both mean durable in the WAL); with
+acks=0 the append still completes but no response is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+
+from tidelog.api.base import NONE, Api, Context, error, make, response_module
+from tidelog.partition.partition import Partition
+from tidelog.protocol import records
+from tidelog.protocol.codec import RequestHeader
+from tidelog.stream.engine import BackPressureTimeout, StorageError
+from tidelog.stream.stream import StreamError
+
+log = logging.getLogger(__name__)
+PRODUCE = 0
+NO_RESPONSE = object()  # acks=0
+
+
+async def _append(
+    ctx: Context, p: Partition | None, data: bytes | None, timeout: float
+) -> tuple[ErrorCode, int, int, str | None]:
+    """(error, base offset, log start offset, message) for one partition."""
+    if p is None:
+        return error("unknown_topic_or_partition"), -1, -1, None
+    if not data:
+        return error("invalid_record"), -1, -1, "empty record set"
+    if len(data) > ctx.config.max_message_bytes:
+        return error("message_too_large"), -1, -1, (
+            f"record set of {len(data)} bytes exceeds max.message.bytes "
+            f"{ctx.config.max_message_bytes}")
+    try:
+        res = await p.append(data, timeout)
+        return NONE, res.base_offset, res.log_start_offset, None
+    except records.UnsupportedMagicError as exc:
+        return error("unsupported_version"), -1, -1, str(exc)
+    except records.CorruptRecordError as exc:
+        log.warning("produce to %s-%d refused: %s", p.topic, p.index, exc)
+        return error("corrupt_message"), -1, -1, str(exc)
+    except records.InvalidRecordError as exc:
+        log.warning("produce to %s-%d refused: %s", p.topic, p.index, exc)
+        return error("invalid_record"), -1, -1, str(exc)
+    except BackPressureTimeout as exc:
+        return error("request_timed_out"), -1, -1, str(exc)
+    except StorageError as exc:
+        return error("kafka_storage_error"), -1, -1, str(exc)
+    except StreamError as exc:
+        return error("not_leader_or_follower"), -1, -1, str(exc)
+
+
+async def handle_produce(ctx: Context, header: RequestHeader, req: Any) -> Any:
+    version = header.api_version
+    mod = response_module(PRODUCE, version)
+    timeout = max(req.timeout.total_seconds(), 0.001)
+    jobs: list[tuple[str, int, Any]] = []
+    for t in req.topic_data:
+        for pd in t.partition_data:
+            if req.acks not in (0, 1, -1):
+                jobs.append((t.name, pd.index, _const(error("invalid_required_acks"))))
+                continue
+            p = ctx.topics.partition(t.name, pd.index)
+            jobs.append((t.name, pd.index, _append(ctx, p, pd.records, timeout)))
+    results = await asyncio.gather(*(j[2] for j in jobs))
+    if req.acks == 0:
+        return NO_RESPONSE
+    by_topic: dict[str, list[Any]] = {}
+    for (name, index, _), (code, base, start, msg) in zip(jobs, results, strict=True):
+        by_topic.setdefault(name, []).append(make(
+            mod.PartitionProduceResponse, index=index, error_code=code, base_offset=base,
+            log_append_time=None, log_start_offset=start, record_errors=(),
+            error_message=msg))
+    return make(mod.ProduceResponse, throttle_time=timedelta(0), responses=tuple(
+        make(mod.TopicProduceResponse, name=name, partition_responses=tuple(parts))
+        for name, parts in by_topic.items()))
+
+
+async def _const(code: ErrorCode) -> tuple[ErrorCode, int, int, str | None]:
+    return code, -1, -1, None
+
+
+APIS = [Api(PRODUCE, 3, 11, handle_produce)]

@@ -1,0 +1,16 @@
+"""Every API the broker serves, by key; ApiVersions is derived from this list."""
+
+from __future__ import annotations
+
+from tidelog.api import admin, api_versions, fetch, list_offsets, metadata, produce
+from tidelog.api.base import Api
+
+ALL: list[Api] = [
+    *api_versions.APIS,
+    *metadata.APIS,
+    *admin.APIS,
+    *produce.APIS,
+    *fetch.APIS,
+    *list_offsets.APIS,
+]
+BY_KEY: dict[int, Api] = {a.key: a for a in ALL}

@@ -1,0 +1,49 @@
+"""`tidelog` command line: `tidelog server [--config FILE] [--set key=value ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+
+from tidelog.config import Config, ConfigError
+
+
+def _overrides(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        if not sep:
+            raise ConfigError(f"--set needs key=value, got {p!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tidelog", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    srv = sub.add_parser("server", help="run a broker")
+    srv.add_argument("--config", help="server.properties file")
+    srv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override one setting (repeatable)")
+    srv.add_argument("--ready-file", help="write the bound port here once serving")
+    args = parser.parse_args(argv)
+    try:
+        config = Config.load(args.config, _overrides(args.set))
+    except (ConfigError, OSError) as exc:
+        print(f"tidelog: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.get_str("log.level").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import uvloop
+
+    from tidelog.server import serve
+
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(serve(config, args.ready_file))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Broker configuration: Kafka-style `server.properties` keys where Kafka has one, our own
+for storage; a properties file, then `TIDELOG_*` environment variables, then command-line
+`--set key=value` override the defaults. The defaults need no file and no service."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+DEFAULTS: dict[str, str] = {
+    "node.id": "0",
+    "listeners": "PLAINTEXT://localhost:9092",
+    "advertised.listeners": "",
+    "broker.rack": "",
+    "cluster.id": "tidelog-cluster",
+    "data.dir": "./data",
+    "wal.uri": "file://./data/wal",
+    "wal.capacity": str(2 << 30),
+    "objectstore.uri": "file://./data/objects",
+    "metadata.uri": "embedded://./data",
+    "upload.bytes": str(64 << 20),
+    "upload.interval.ms": "30000",
+    "stream.object.split.bytes": str(8 << 20),
+    "log.cache.bytes": str(1 << 30),
+    "block.cache.bytes": str(128 << 20),
+    "append.timeout.ms": "30000",
+    "auto.create.topics.enable": "true",
+    "num.partitions": "1",
+    "message.max.bytes": str(8 << 20),
+    "socket.request.max.bytes": str(100 << 20),
+    "metrics.port": "0",
+    "log.level": "INFO",
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            key, _, value = line.partition(":")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
+    """`TIDELOG_UPLOAD_BYTES=1` -> `upload.bytes=1` (underscores become dots)."""
+    out = {}
+    for k, v in environ.items():
+        if k.startswith("TIDELOG_"):
+            out[k[len("TIDELOG_"):].lower().replace("_", ".")] = v
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    host: str
+    port: int
+
+
+def parse_listener(value: str) -> Listener:
+    first = value.split(",")[0].strip()
+    _, _, hostport = first.rpartition("://")
+    host, _, port = hostport.rpartition(":")
+    if not port.isdigit():
+        raise ConfigError(f"listener {value!r} needs host:port")
+    return Listener(host or "0.0.0.0", int(port))
+
+
+class Config:
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self.values = {**DEFAULTS, **values}
+
+    @classmethod
+    def load(cls, path: str | None = None, overrides: Mapping[str, str] | None = None,
+             environ: Mapping[str, str] | None = None) -> Config:
+        values: dict[str, str] = {}
+        if path:
+            with open(path, encoding="utf-8") as f:
+                values.update(parse_properties(f.read()))
+        values.update(env_overrides(os.environ if environ is None else environ))
+        values.update(overrides or {})
+        return cls(values)
+
+    def get_str(self, key: str) -> str:
+        return self.values[key]
+
+    def get_int(self, key: str) -> int:
+        try:
+            return int(self.values[key])
+        except ValueError:
+            raise ConfigError(f"{key} must be an integer, got {self.values[key]!r}") from None
+
+    def get_bool(self, key: str) -> bool:
+        v = self.values[key].lower()
+        if v not in ("true", "false"):
+            raise ConfigError(f"{key} must be true or false, got {v!r}")
+        return v == "true"

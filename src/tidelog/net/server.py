@@ -1,0 +1,135 @@
+"""Kafka listeners: one `asyncio.Protocol` per connection.
+
+Requests on a connection are handled concurrently (a producer pipelines up to five), and
+answered strictly in the order they arrived. Reading pauses while too many requests are in
+flight or the socket's send buffer is full, so a fast client cannot grow our memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from tidelog.protocol.codec import FrameError, FrameReader
+
+log = logging.getLogger(__name__)
+
+# frame bytes -> response frame bytes, or None when no response is due (acks=0)
+Dispatch = Callable[[bytes], Awaitable[bytes | None]]
+
+MAX_IN_FLIGHT = 64
+
+
+class KafkaConnection(asyncio.Protocol):
+    def __init__(self, dispatch: Dispatch, max_frame: int, on_close: Callable[
+            [KafkaConnection], None]) -> None:
+        self._dispatch = dispatch
+        self._reader = FrameReader(max_frame)
+        self._pending: deque[asyncio.Task[bytes | None]] = deque()
+        self._transport: asyncio.Transport | None = None
+        self._paused_reading = False
+        self._write_paused = False
+        self._on_close = on_close
+        self.peer = "?"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        self.peer = str(transport.get_extra_info("peername"))
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.receive_data(data)
+        try:
+            while (frame := self._reader.next_frame()) is not None:
+                task = asyncio.ensure_future(self._dispatch(frame))
+                task.add_done_callback(self._request_done)
+                self._pending.append(task)
+        except FrameError as exc:
+            self.abort(f"bad framing: {exc}")
+            return
+        self._update_reading()
+
+    def _request_done(self, _task: asyncio.Task[bytes | None]) -> None:
+        while self._pending and self._pending[0].done():
+            task = self._pending.popleft()
+            if task.cancelled():
+                continue
+            exc = task.exception()
+            if exc is not None:
+                self.abort(str(exc) if not isinstance(exc, Exception) or str(exc)
+                           else repr(exc), exc)
+                return
+            out = task.result()
+            if out is not None and self._transport is not None:
+                self._transport.write(out)
+        self._update_reading()
+
+    def abort(self, why: str, exc: BaseException | None = None) -> None:
+        if exc is not None and type(exc).__name__ != "ProtocolViolation":
+            log.error("closing connection from %s: %s", self.peer, why, exc_info=exc)
+        else:
+            log.warning("closing connection from %s: %s", self.peer, why)
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        # In-flight requests run to completion (a produce already in the WAL must finish);
+        # their responses are dropped.
+        self._pending.clear()
+
+    def _update_reading(self) -> None:
+        if self._transport is None:
+            return
+        busy = len(self._pending) >= MAX_IN_FLIGHT or self._write_paused
+        if busy and not self._paused_reading:
+            self._transport.pause_reading()
+            self._paused_reading = True
+        elif not busy and self._paused_reading:
+            self._transport.resume_reading()
+            self._paused_reading = False
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._update_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._pending.clear()
+        self._on_close(self)
+
+
+class KafkaListener:
+    def __init__(self, dispatch: Dispatch, host: str, port: int,
+                 max_frame: int = 100 << 20) -> None:
+        self._dispatch = dispatch
+        self.host = host
+        self.port = port
+        self._max_frame = max_frame
+        self._server: asyncio.Server | None = None
+        self.connections: set[KafkaConnection] = set()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def factory() -> KafkaConnection:
+            conn = KafkaConnection(self._dispatch, self._max_frame, self.connections.discard)
+            self.connections.add(conn)
+            return conn
+
+        self._server = await loop.create_server(factory, self.host, self.port,
+                                                reuse_address=True, backlog=1024)
+        sock = self._server.sockets[0]
+        self.port = sock.getsockname()[1]
+        log.info("listening on %s:%d", self.host, self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for c in list(self.connections):
+                c.abort("broker shutting down")
+            await self._server.wait_closed()
+            self._server = None

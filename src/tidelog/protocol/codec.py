@@ -1,0 +1,136 @@
+"""Kafka wire messages through `kio`: frames in, requests out; responses in, bytes out.
+
+The only module that touches kio's schema loading and serialisers, so a kio upgrade changes
+one file. No sockets here: `FrameReader` takes bytes and hands back whole frames (h11's
+shape), and `encode_response` returns the bytes of one size-prefixed frame.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from kio.index import load_request_schema, load_response_schema
+from kio.schema.index import api_key_map, schema_name_map
+from kio.serial import entity_reader, entity_writer
+from kio.static.constants import EntityType
+
+SIZE = struct.Struct(">i")
+FIXED_HEADER = struct.Struct(">hhi")  # api_key, api_version, correlation_id
+API_VERSIONS_KEY = 18
+
+
+class FrameError(Exception):
+    """The byte stream is not Kafka framing: the connection must be closed."""
+
+
+@dataclass(slots=True)
+class RequestHeader:
+    api_key: int
+    api_version: int
+    correlation_id: int
+    client_id: str | None
+
+
+class FrameReader:
+    """Splits a byte stream into frames, refusing a frame larger than `max_frame` before
+    buffering it (so an absurd size prefix cannot make us allocate)."""
+
+    def __init__(self, max_frame: int) -> None:
+        self._buf = bytearray()
+        self._max = max_frame
+
+    def receive_data(self, data: bytes) -> None:
+        self._buf += data
+
+    def next_frame(self) -> bytes | None:
+        if len(self._buf) < 4:
+            return None
+        (size,) = SIZE.unpack_from(self._buf, 0)
+        if size < FIXED_HEADER.size or size > self._max:
+            raise FrameError(f"frame size {size} outside [8, {self._max}]")
+        if len(self._buf) < 4 + size:
+            return None
+        frame = bytes(self._buf[4 : 4 + size])
+        del self._buf[: 4 + size]
+        return frame
+
+
+def peek_header(frame: bytes) -> RequestHeader:
+    """The fixed part of any request header (readable whatever the version)."""
+    api_key, api_version, corr = FIXED_HEADER.unpack_from(frame, 0)
+    return RequestHeader(api_key, api_version, corr, None)
+
+
+def known_versions(api_key: int) -> tuple[int, int] | None:
+    """The (min, max) versions kio has schemas for, or None for an unknown key."""
+    name = api_key_map.get(api_key)
+    if name is None:
+        return None
+    versions = schema_name_map[name]
+    return min(versions), max(versions)
+
+
+@cache
+def _request_reader(api_key: int, version: int) -> tuple[Any, Any, Any]:
+    schema = load_request_schema(api_key, version)
+    header_schema = schema.__header_schema__
+    return schema, entity_reader(header_schema), entity_reader(schema)
+
+
+def decode_request(frame: bytes) -> tuple[RequestHeader, Any]:
+    """Header and kio body of a request whose (key, version) the caller checked is served."""
+    head = peek_header(frame)
+    _schema, read_header, read_body = _request_reader(head.api_key, head.api_version)
+    header, used = read_header(frame, 0)
+    body, _ = read_body(frame, used)
+    head.client_id = header.client_id
+    return head, body
+
+
+@cache
+def _response_writer(schema: type) -> Any:
+    return entity_writer(schema)
+
+
+@cache
+def response_schema(api_key: int, version: int) -> Any:
+    return load_response_schema(api_key, version)
+
+
+def _flexible_response_header(api_key: int, version: int) -> bool:
+    # ApiVersions responses always use header v0, so a client that sent a too-new version
+    # can still parse the error (KIP-511).
+    if api_key == API_VERSIONS_KEY:
+        return False
+    return bool(response_schema(api_key, version).__flexible__)
+
+
+def encode_response(api_key: int, version: int, correlation_id: int, body: Any) -> bytes:
+    """One size-prefixed response frame."""
+    out = io.BytesIO()
+    out.write(b"\x00\x00\x00\x00")
+    out.write(struct.pack(">i", correlation_id))
+    if _flexible_response_header(api_key, version):
+        out.write(b"\x00")  # no tagged fields
+    _response_writer(type(body))(out, body)  # type: ignore[arg-type]
+    buf = out.getbuffer()
+    SIZE.pack_into(buf, 0, len(buf) - 4)
+    del buf
+    return out.getvalue()
+
+
+__all__ = [
+    "EntityType",
+    "FrameError",
+    "FrameReader",
+    "RequestHeader",
+    "decode_request",
+    "encode_response",
+    "known_versions",
+    "peek_header",
+    "response_schema",
+]

@@ -1,0 +1,130 @@
+"""The broker process: wires config -> metadata, object store, WAL, engine, topics, API,
+listener; and shuts them down in reverse order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from urllib.parse import urlparse
+
+from tidelog.api.base import BrokerConfig, BrokerInfo, Context
+from tidelog.api.dispatch import Dispatcher
+from tidelog.config import Config, parse_listener
+from tidelog.metadata.base import MetadataStore
+from tidelog.metadata.uri import open_metadata
+from tidelog.net.server import KafkaListener
+from tidelog.objectstore.uri import open_object_store
+from tidelog.partition.partition import describe
+from tidelog.partition.topics import TopicManager
+from tidelog.stream.engine import EngineConfig, StreamEngine
+from tidelog.stream.wal.uri import open_wal
+
+log = logging.getLogger(__name__)
+
+
+def wal_file_uri(uri: str, node_id: int) -> str:
+    """`wal.uri` names a directory on the (shared) volume; each broker has its own file
+    in it. A `file:` URI ending in `.wal` names the file itself."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("file", "") or uri.endswith(".wal"):
+        return uri
+    path = (parsed.netloc + parsed.path) if parsed.scheme == "file" else uri
+    os.makedirs(path, exist_ok=True)
+    return "file://" + os.path.join(path, f"broker-{node_id}.wal")
+
+
+async def _bump_wal_epoch(meta: MetadataStore, node_id: int) -> int:
+    """Take this broker's WAL with a higher epoch than any previous owner (fencing)."""
+    key = f"/wals/{node_id}"
+    entry = await meta.get(key)
+    epoch = (json.loads(entry.value)["epoch"] + 1) if entry else 1
+    await meta.put_if(key, json.dumps({"epoch": epoch, "owner": node_id}).encode(),
+                      entry.version if entry else 0)
+    return epoch
+
+
+class Broker:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.listener: KafkaListener | None = None
+        self.engine: StreamEngine | None = None
+        self.meta: MetadataStore | None = None
+        self.topics: TopicManager | None = None
+
+    async def start(self) -> None:
+        c = self.config
+        node_id = c.get_int("node.id")
+        self.meta = open_metadata(c.get_str("metadata.uri"))
+        store = open_object_store(c.get_str("objectstore.uri"))
+        wal = open_wal(wal_file_uri(c.get_str("wal.uri"), node_id),
+                       capacity=c.get_int("wal.capacity"),
+                       append_timeout=c.get_int("append.timeout.ms") / 1000)
+        self.engine = StreamEngine(wal, store, self.meta, EngineConfig(
+            upload_bytes=c.get_int("upload.bytes"),
+            upload_interval=c.get_int("upload.interval.ms") / 1000,
+            split_bytes=c.get_int("stream.object.split.bytes"),
+            cache_max_bytes=c.get_int("log.cache.bytes"),
+            block_cache_bytes=c.get_int("block.cache.bytes"),
+            append_timeout=c.get_int("append.timeout.ms") / 1000,
+        ), describe=describe)
+        await self.engine.start(await _bump_wal_epoch(self.meta, node_id))
+        self.topics = TopicManager(self.engine, self.meta)
+        await self.topics.load()
+        bind = parse_listener(c.get_str("listeners"))
+        advertised = parse_listener(c.get_str("advertised.listeners") or c.get_str("listeners"))
+        broker_cfg = BrokerConfig(
+            cluster_id=c.get_str("cluster.id"),
+            auto_create_topics=c.get_bool("auto.create.topics.enable"),
+            num_partitions=c.get_int("num.partitions"),
+            max_message_bytes=c.get_int("message.max.bytes"),
+        )
+        info = BrokerInfo(node_id, advertised.host, advertised.port,
+                          c.get_str("broker.rack") or None)
+        ctx = Context(info, self.topics, broker_cfg)
+        self.listener = KafkaListener(Dispatcher(ctx), bind.host, bind.port,
+                                      c.get_int("socket.request.max.bytes"))
+        await self.listener.start()
+        if advertised.port == 0:  # bound to a free port: advertise the real one
+            info.port = self.listener.port
+        log.info("tidelog broker %d ready on %s:%d (wal %s, objects %s)", node_id,
+                 info.host, info.port, c.get_str("wal.uri"), c.get_str("objectstore.uri"))
+
+    async def stop(self) -> None:
+        if self.listener is not None:
+            await self.listener.stop()
+        if self.engine is not None:
+            await self.engine.close(flush=True)
+        if self.meta is not None:
+            await self.meta.close()
+
+
+async def serve(config: Config, ready_file: str | None = None) -> None:
+    broker = Broker(config)
+    await broker.start()
+    if ready_file and broker.listener is not None:
+        _write_ready(ready_file, broker.listener.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    failed = asyncio.ensure_future(_watch_engine(broker))
+    await asyncio.wait([asyncio.ensure_future(stop.wait()), failed],
+                       return_when=asyncio.FIRST_COMPLETED)
+    log.info("shutting down")
+    await broker.stop()
+
+
+def _write_ready(path: str, port: int) -> None:
+    """Tell a supervisor (or a test) the bound port, atomically; once, at start."""
+    with open(path + ".tmp", "w") as f:
+        f.write(str(port))
+    os.replace(path + ".tmp", path)
+
+
+async def _watch_engine(broker: Broker) -> None:
+    """A broker whose storage failed must stop: a restart recovers from the WAL."""
+    while broker.engine is not None and broker.engine.failed is None:
+        await asyncio.sleep(0.5)

@@ -1,0 +1,392 @@
+"""The storage engine: streams over one WAL, a log cache, and objects in object storage.
+
+Write path: `Stream.append` -> `reserve` (bounded WAL and cache: back-pressure) -> log cache
++ WAL group commit -> acknowledged. Background: the uploader turns the durable head of the
+log cache into one stream set object (streams with `split_bytes` or more get a stream
+object of their own), PUTs it, commits `{object, blocks}` and the new stream ends to
+metadata in one transaction (compared against each stream's version: fencing), and only
+then trims the WAL. Read path: log cache -> block cache -> range GET.
+
+Metadata keys: `/streams/<id>` (epoch, start and uploaded end offsets) and
+`/objects/<id>` (object key, size, block index).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tidelog.metadata.base import Fenced, MetadataStore, Txn
+from tidelog.objectstore.base import ObjectStore
+from tidelog.stream.block_cache import BlockCache
+from tidelog.stream.log_cache import CacheEntry, LogCache
+from tidelog.stream.object_format import BlockIndex, ObjectBuilder, iter_records
+from tidelog.stream.object_index import ObjectIndex
+from tidelog.stream.stream import Stream, StreamMeta
+from tidelog.stream.wal.base import WAL
+
+log = logging.getLogger(__name__)
+
+STREAMS = "/streams/"
+OBJECTS = "/objects/"
+RECORD_OVERHEAD = 256  # bytes we assume a WAL adds around a payload (header, padding slack)
+
+# (payload) -> (max_timestamp, record_count): lets recovery describe WAL records without
+# the engine knowing the batch format.
+Describe = Callable[[bytes], tuple[int, int]]
+
+
+class StorageError(Exception):
+    """The engine can no longer guarantee durability; the broker must stop writing."""
+
+
+class BackPressureTimeout(Exception):
+    """The WAL or log cache stayed full longer than the append timeout."""
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    upload_bytes: int = 64 << 20
+    upload_interval: float = 30.0
+    split_bytes: int = 8 << 20
+    block_bytes: int = 512 << 10
+    cache_max_bytes: int = 1 << 30
+    block_cache_bytes: int = 128 << 20
+    append_timeout: float = 30.0
+    gc_grace: float = 60.0
+
+
+def _key(prefix: str, n: int) -> str:
+    return f"{prefix}{n:020d}"
+
+
+def _object_key(object_id: int, kind: str) -> str:
+    """Keys spread over hashed prefixes so S3 partitions the load."""
+    h = hashlib.sha1(str(object_id).encode()).hexdigest()[:4]
+    return f"{h}/{kind}/{object_id:020d}.obj"
+
+
+class StreamEngine:
+    def __init__(
+        self,
+        wal: WAL,
+        store: ObjectStore,
+        meta: MetadataStore,
+        config: EngineConfig | None = None,
+        describe: Describe | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.wal = wal
+        self.store = store
+        self.meta = meta
+        self.config = config or EngineConfig()
+        self.cache = LogCache()
+        self.blocks = BlockCache(store, self.config.block_cache_bytes)
+        self.index = ObjectIndex()
+        self.streams: dict[int, Stream] = {}
+        self._describe = describe or (lambda p: (-1, 0))
+        self._clock = clock
+        self._space = asyncio.Event()
+        self._upload_now = asyncio.Event()
+        self._uploader: asyncio.Task[None] | None = None
+        self._upload_lock = asyncio.Lock()
+        self._failed: str | None = None
+        self._inflight = 0  # bytes reserved by appends the WAL has not completed yet
+        self._garbage_seen: dict[str, float] = {}
+        self.uploads = 0
+        self.uploaded_bytes = 0
+
+    # ---- lifecycle ------------------------------------------------------------------
+
+    async def start(self, wal_epoch: int) -> None:
+        """Open the WAL, load streams and objects from metadata, replay the WAL's tail."""
+        await self.wal.open(wal_epoch)
+        for e in await self.meta.list(OBJECTS):
+            rec = json.loads(e.value)
+            self.index.add_object(rec["key"], [BlockIndex.from_list(b) for b in rec["blocks"]])
+        metas: dict[int, StreamMeta] = {}
+        txn = Txn()
+        for e in await self.meta.list(STREAMS):
+            v = json.loads(e.value)
+            m = StreamMeta(int(e.key[len(STREAMS):]), v["epoch"] + 1, v["start"], v["end"])
+            metas[m.stream_id] = m
+            txn.compares.append((e.key, e.version))
+            txn.puts.append((e.key, self._encode_meta(m)))
+        if txn.puts:  # take ownership: every stream's epoch bumps once, in one commit
+            rev = await self.meta.commit(txn)
+            for m in metas.values():
+                m.version = rev
+        next_offsets = {sid: m.end_offset for sid, m in metas.items()}
+        replayed = 0
+        for rec in self.wal.recover():
+            sm = metas.get(rec.stream_id)
+            if sm is None or rec.last_offset < sm.end_offset:
+                continue  # deleted stream, or already in an object
+            ts, count = self._describe(rec.payload)
+            self.cache.add(CacheEntry(rec.stream_id, rec.base_offset, rec.last_offset,
+                                      rec.payload, ts, count, rec.next_position))
+            next_offsets[rec.stream_id] = rec.last_offset + 1
+            replayed += 1
+        for sid, m in metas.items():
+            self.streams[sid] = Stream(self, m, next_offsets[sid])
+        log.info("storage engine: %d streams, %d objects, %d WAL records replayed",
+                 len(metas), len(self.index.objects), replayed)
+        self._uploader = asyncio.create_task(self._upload_loop(), name="uploader")
+
+    async def close(self, flush: bool = True) -> None:
+        """Stop the uploader; with `flush`, upload what the cache holds first."""
+        if self._uploader is not None:
+            self._uploader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._uploader
+            self._uploader = None
+        if flush and self._failed is None:
+            try:
+                await self.upload()
+            except Exception as exc:  # the WAL still holds the data: nothing is lost
+                log.warning("final upload failed, data stays in the WAL: %s", exc)
+        for s in self.streams.values():
+            s.close()
+        await self.wal.close()
+
+    # ---- streams --------------------------------------------------------------------
+
+    async def create_stream(self) -> Stream:
+        sid = await self.meta.next_id("stream")
+        m = StreamMeta(sid, 1, 0, 0)
+        m.version = await self.meta.put_if(_key(STREAMS, sid), self._encode_meta(m), 0)
+        s = Stream(self, m, 0)
+        self.streams[sid] = s
+        return s
+
+    async def delete_stream(self, stream_id: int) -> None:
+        s = self.streams.pop(stream_id, None)
+        if s is not None:
+            s.close()
+        self.cache.drop_stream(stream_id)
+        self.index.drop_stream(stream_id)
+        await self.meta.delete(_key(STREAMS, stream_id))
+
+    def _encode_meta(self, m: StreamMeta) -> bytes:
+        return json.dumps({"epoch": m.epoch, "start": m.start_offset,
+                           "end": m.end_offset}).encode()
+
+    # ---- write path -----------------------------------------------------------------
+
+    async def reserve(self, nbytes: int, timeout: float | None = None) -> None:
+        """Wait until the WAL and the log cache have room for `nbytes` (back-pressure)."""
+        if self._failed:
+            raise StorageError(self._failed)
+        need = 2 * (nbytes + RECORD_OVERHEAD)
+        deadline: float | None = None
+        while (self.wal.capacity - (self.wal.end_position - self.wal.trim_position)
+               - self._inflight < need
+               or self.cache.size + nbytes > self.config.cache_max_bytes):
+            if need > self.wal.capacity:
+                raise BackPressureTimeout(f"a {nbytes}-byte append cannot fit the WAL")
+            self._upload_now.set()
+            if deadline is None:
+                deadline = self._clock() + (timeout or self.config.append_timeout)
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise BackPressureTimeout("WAL full: uploads are not keeping up")
+            self._space.clear()
+            try:
+                await asyncio.wait_for(self._space.wait(), remaining)
+            except TimeoutError:
+                raise BackPressureTimeout("WAL full: uploads are not keeping up") from None
+            if self._failed:
+                raise StorageError(self._failed)
+        self._inflight += need
+
+    async def wal_append(self, entry: CacheEntry, epoch: int) -> int:
+        """Append a reserved entry; releases its reservation whatever happens."""
+        try:
+            return await self.wal.append(entry.stream_id, epoch, entry.base_offset,
+                                         entry.last_offset, entry.payload)
+        except BaseException as exc:
+            # Offsets after this one may already be assigned: we cannot roll back, and the
+            # record may or may not be durable. Stop taking writes; a restart recovers.
+            self.fail(f"WAL append failed: {exc!r}")
+            raise StorageError(self._failed) from exc
+        finally:
+            self._inflight -= 2 * (len(entry.payload) + RECORD_OVERHEAD)
+
+    def fail(self, reason: str) -> None:
+        if self._failed is None:
+            log.error("storage engine stops taking writes: %s", reason)
+            self._failed = reason
+            self._space.set()
+
+    @property
+    def failed(self) -> str | None:
+        return self._failed
+
+    def appended(self) -> None:
+        if self.cache.size >= self.config.upload_bytes:
+            self._upload_now.set()
+
+    # ---- upload ---------------------------------------------------------------------
+
+    async def _upload_loop(self) -> None:
+        backoff = 0.1
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._upload_now.wait(), self.config.upload_interval)
+            self._upload_now.clear()
+            try:
+                await self.upload()
+                await self._collect_garbage()
+                backoff = 0.1
+            except Fenced as exc:
+                self.fail(f"upload commit fenced: {exc}")
+                return
+            except Exception as exc:  # keep the data in the WAL and try again
+                log.warning("upload failed (retrying in %.1fs): %r", backoff, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                self._upload_now.set()
+
+    async def upload(self) -> int:
+        """Upload the durable head of the log cache; returns the bytes uploaded."""
+        async with self._upload_lock:
+            entries = self.cache.confirmed_prefix()
+            if not entries:
+                return 0
+            by_stream: dict[int, list[CacheEntry]] = {}
+            for e in entries:
+                if e.stream_id in self.streams:
+                    by_stream.setdefault(e.stream_id, []).append(e)
+            objects = await self._build_objects(by_stream)
+            for key, builder in objects:
+                await self.store.put(key, builder.finish())
+            txn = Txn()
+            for key, builder in objects:
+                oid = int(key.rsplit("/", 1)[1].split(".")[0])
+                txn.puts.append((_key(OBJECTS, oid), json.dumps(
+                    {"key": key, "size": builder.size,
+                     "blocks": [b.to_list() for b in builder.index]}).encode()))
+            metas = []
+            for sid, es in by_stream.items():
+                m = self.streams[sid].meta
+                new = StreamMeta(sid, m.epoch, m.start_offset, es[-1].last_offset + 1)
+                txn.compares.append((_key(STREAMS, sid), m.version))
+                txn.puts.append((_key(STREAMS, sid), self._encode_meta(new)))
+                metas.append((m, new.end_offset))
+            if txn.puts:
+                rev = await self.meta.commit(txn)
+                for m, end in metas:
+                    m.end_offset, m.version = end, rev
+            size = 0
+            for key, builder in objects:
+                self.index.add_object(key, builder.index)
+                for i, b in enumerate(builder.index):
+                    if b.stream_id in self.streams:
+                        self.blocks.put(key, b.position, builder.block_bytes(i))
+                size += builder.size
+            self.cache.drop_uploaded(entries)
+            await self.wal.trim(entries[-1].wal_position)
+            self._space.set()
+            self.uploads += 1
+            self.uploaded_bytes += size
+            log.debug("uploaded %d bytes in %d objects", size, len(objects))
+            return size
+
+    async def _build_objects(
+        self, by_stream: dict[int, list[CacheEntry]]
+    ) -> list[tuple[str, ObjectBuilder]]:
+        shared = ObjectBuilder()
+        objects: list[tuple[str, ObjectBuilder]] = []
+        for sid, es in by_stream.items():
+            total = sum(len(e.payload) for e in es)
+            if total >= self.config.split_bytes:
+                own = ObjectBuilder()
+                self._add_blocks(own, sid, es)
+                objects.append((_object_key(await self.meta.next_id("object"), "s"), own))
+            else:
+                self._add_blocks(shared, sid, es)
+        if shared.index:
+            objects.append((_object_key(await self.meta.next_id("object"), "ss"), shared))
+        return objects
+
+    def _add_blocks(self, builder: ObjectBuilder, sid: int, es: list[CacheEntry]) -> None:
+        i = 0
+        while i < len(es):
+            j, size = i, 0
+            while j < len(es) and (j == i or size + len(es[j].payload) <= self.config.block_bytes):
+                size += len(es[j].payload)
+                j += 1
+            chunk = es[i:j]
+            builder.add_block(sid, [(e.base_offset, e.last_offset, e.payload) for e in chunk],
+                              sum(e.record_count for e in chunk),
+                              max(e.max_timestamp for e in chunk))
+            i = j
+
+    async def _collect_garbage(self) -> None:
+        """Delete objects no live stream references, after a grace period for readers."""
+        now = self._clock()
+        for key in self.index.unreferenced():
+            first = self._garbage_seen.setdefault(key, now)
+            if now - first < self.config.gc_grace:
+                continue
+            for e in await self.meta.list(OBJECTS):
+                if json.loads(e.value)["key"] == key:
+                    await self.meta.delete(e.key)
+            await self.store.delete(key)
+            self.index.forget_object(key)
+            self._garbage_seen.pop(key, None)
+            log.info("deleted unreferenced object %s", key)
+
+    # ---- read path ------------------------------------------------------------------
+
+    async def read(
+        self, stream: Stream, start: int, end: int, max_bytes: int
+    ) -> tuple[list[bytes | bytearray | memoryview], int]:
+        out: list[bytes | bytearray | memoryview] = []
+        total = 0
+        offset = start
+        sid = stream.stream_id
+        while offset < end and (total < max_bytes or not out):
+            first_cached = self.cache.first_offset(sid)
+            if first_cached is not None and offset >= first_cached:
+                bufs, offset, n = self.cache.read(sid, offset, end, max_bytes, total)
+                out.extend(bufs)
+                total += n
+                break
+            i, blocks = self.index.find(sid, offset)
+            if i >= len(blocks) or blocks[i][1].start_offset > offset:
+                break  # a gap: nothing stored at this offset
+            key, b = blocks[i]
+            data = await self.blocks.get(key, b.position, b.size)
+            if i + 1 < len(blocks):  # read-ahead for sequential consumers
+                nk, nb = blocks[i + 1]
+                self.blocks.prefetch(nk, nb.position, nb.size)
+            offset, n = _take_records(memoryview(data), offset, end, max_bytes, total, out)
+            total += n
+            if n == 0:
+                break
+        return out, offset
+
+
+def _take_records(
+    block: memoryview, offset: int, end: int, max_bytes: int, have: int,
+    out: list[bytes | bytearray | memoryview],
+) -> tuple[int, int]:
+    """Append the payloads of `block` covering `offset`.. to `out` as views (no copy)."""
+    total = 0
+    for base, last, payload in iter_records(block):
+        if base >= end:
+            break
+        if last >= offset:
+            if have + total and have + total + len(payload) > max_bytes:
+                break
+            out.append(payload)
+            total += len(payload)
+            offset = last + 1
+    return offset, total

@@ -1,0 +1,119 @@
+"""One stream: an ordered, offset-addressed sequence of opaque batches.
+
+The stream assigns offsets (the caller's `assign` callback writes them into the bytes
+before they are queued), appends through the engine's WAL, and reads back from the log
+cache or objects. It knows nothing about Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tidelog.stream.log_cache import CacheEntry
+
+if TYPE_CHECKING:
+    from tidelog.stream.engine import StreamEngine
+
+
+class StreamError(Exception):
+    """The stream cannot take writes (fenced, deleted, or the engine failed)."""
+
+
+@dataclass(slots=True)
+class StreamMeta:
+    stream_id: int
+    epoch: int
+    start_offset: int
+    end_offset: int
+    """End of what is committed to objects (exclusive)."""
+    version: int = 0
+    """Metadata version of the stream's record, compared on every upload commit (fencing)."""
+
+
+class Stream:
+    def __init__(self, engine: StreamEngine, meta: StreamMeta, next_offset: int) -> None:
+        self._engine = engine
+        self.meta = meta
+        self.next_offset = next_offset
+        self.confirm_offset = next_offset
+        self.closed = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def stream_id(self) -> int:
+        return self.meta.stream_id
+
+    @property
+    def epoch(self) -> int:
+        return self.meta.epoch
+
+    @property
+    def start_offset(self) -> int:
+        return self.meta.start_offset
+
+    async def append(
+        self,
+        payload: bytearray,
+        count: int,
+        max_timestamp: int,
+        record_count: int,
+        assign: Callable[[int], None],
+        timeout: float | None = None,
+    ) -> int:
+        """Append `count` offsets' worth of batches; returns the base offset once durable."""
+        if self.closed:
+            raise StreamError(f"stream {self.stream_id} is closed")
+        engine = self._engine
+        await engine.reserve(len(payload), timeout)
+        base = self.next_offset
+        assign(base)
+        last = base + count - 1
+        self.next_offset = last + 1
+        entry = CacheEntry(self.stream_id, base, last, payload, max_timestamp, record_count)
+        engine.cache.add(entry)
+        # Shielded: a cancelled request must not leave an appended record unconfirmed.
+        await asyncio.shield(asyncio.ensure_future(self._complete(entry)))
+        return base
+
+    async def _complete(self, entry: CacheEntry) -> None:
+        entry.wal_position = await self._engine.wal_append(entry, self.epoch)
+        if entry.last_offset + 1 > self.confirm_offset:
+            self.confirm_offset = entry.last_offset + 1
+            self._wake()
+        self._engine.appended()
+
+    async def fetch(
+        self, start: int, max_bytes: int, end: int | None = None
+    ) -> tuple[list[bytes | bytearray | memoryview], int]:
+        """Whole batches from `start` below `end` (default: the confirmed end)."""
+        return await self._engine.read(self, start, self.confirm_offset if end is None else end,
+                                       max_bytes)
+
+    def time_ranges(self) -> list[tuple[int, int, int]]:
+        """`(start, end, max_timestamp)` of every stored range, oldest first (time index)."""
+        out = [(b.start_offset, b.end_offset, b.max_timestamp)
+               for _, b in self._engine.index.blocks(self.stream_id)
+               if b.end_offset > self.start_offset]
+        out.extend((e.base_offset, e.last_offset + 1, e.max_timestamp)
+                   for e in self._engine.cache.entries(self.stream_id)
+                   if e.last_offset < self.confirm_offset)
+        return out
+
+    def wait_for_data(self) -> asyncio.Future[None]:
+        """A future done at the next confirmed append (long polling)."""
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        return fut
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake()

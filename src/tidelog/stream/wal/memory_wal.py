@@ -1,0 +1,163 @@
+"""`MemoryWAL`: the WAL contract in memory, for tests.
+
+Its "disk" is a `MemoryWALStore`: a new `MemoryWAL` over the same store behaves like a
+restart of the same WAL (records, trim position and epoch survive; nothing is torn). Space is
+accounted like `FileWAL` (a record takes `RECORD_HEADER_SIZE + len(payload)` bytes of
+capacity) so back-pressure behaves the same, minus the ring's lap-end padding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from tidelog.stream.wal.base import (
+    WAL,
+    WalClosedError,
+    WalError,
+    WalFencedError,
+    WalFullError,
+    WalRecord,
+)
+from tidelog.stream.wal.file_wal import RECORD_HEADER_SIZE, MiB
+
+_NAMED_STORES: dict[str, MemoryWALStore] = {}
+
+
+@dataclass(slots=True)
+class MemoryWALStore:
+    """What would be on disk: survives the `MemoryWAL` instances opened over it."""
+
+    epoch: int = 0
+    session: int = 0
+    """Bumped by every open: a stale instance notices it and refuses to write."""
+    trim: int = 0
+    end: int = 0
+    records: deque[WalRecord] = field(default_factory=deque)
+
+
+def named_store(name: str) -> MemoryWALStore:
+    """The process-wide store called `name` (`memory://name`), created on first use."""
+    return _NAMED_STORES.setdefault(name, MemoryWALStore())
+
+
+class MemoryWAL(WAL):
+    def __init__(
+        self,
+        capacity: int = 256 * MiB,
+        append_timeout: float = 30.0,
+        store: MemoryWALStore | None = None,
+    ) -> None:
+        if capacity <= RECORD_HEADER_SIZE:
+            raise ValueError(f"capacity must exceed {RECORD_HEADER_SIZE} bytes")
+        self.store = store if store is not None else MemoryWALStore()
+        self._capacity = capacity
+        self._append_timeout = append_timeout
+        self._session = -1
+        self._closed = False
+        self._waiting = 0
+        self._reserve_lock = asyncio.Lock()
+        self._space = asyncio.Event()
+
+    @property
+    def trim_position(self) -> int:
+        return self.store.trim
+
+    @property
+    def end_position(self) -> int:
+        return self.store.end
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    async def open(self, epoch: int) -> None:
+        if self._session >= 0 or self._closed:
+            raise WalError("a MemoryWAL can be opened once")
+        if self.store.epoch > epoch:
+            raise WalFencedError(f"owned by epoch {self.store.epoch} > {epoch}")
+        self.store.epoch = epoch
+        self.store.session += 1
+        self._session = self.store.session
+
+    def recover(self) -> Iterator[WalRecord]:
+        self._check_usable()
+        yield from list(self.store.records)
+
+    async def append(
+        self,
+        stream_id: int,
+        stream_epoch: int,
+        base_offset: int,
+        last_offset: int,
+        payload: bytes | memoryview,
+        timeout: float | None = None,
+    ) -> int:
+        self._check_usable()
+        size = RECORD_HEADER_SIZE + memoryview(payload).nbytes
+        if size > self._capacity:
+            raise WalFullError(f"a {size}-byte record exceeds the capacity {self._capacity}")
+        if self._waiting or not self._fits(size):
+            await self._wait_for_space(size, timeout)
+        store = self.store
+        record = WalRecord(
+            stream_id,
+            stream_epoch,
+            base_offset,
+            last_offset,
+            bytes(payload),
+            store.end,
+            store.end + size,
+        )
+        store.records.append(record)
+        store.end = record.next_position
+        return record.next_position
+
+    def _fits(self, size: int) -> bool:
+        return self.store.end + size - self.store.trim <= self._capacity
+
+    async def _wait_for_space(self, size: int, timeout: float | None) -> None:
+        """First come first served, like `FileWAL`: a later append never overtakes."""
+        limit = self._append_timeout if timeout is None else timeout
+        self._waiting += 1
+        try:
+            async with asyncio.timeout(limit), self._reserve_lock:
+                while True:
+                    self._check_usable()
+                    if self._fits(size):
+                        return
+                    self._space.clear()
+                    await self._space.wait()
+        except TimeoutError:
+            raise WalFullError(f"WAL full for {limit}s: {size} bytes needed") from None
+        finally:
+            self._waiting -= 1
+
+    async def trim(self, position: int) -> None:
+        self._check_usable()
+        store = self.store
+        if position > store.end:
+            raise ValueError(f"trim({position}) is past the end position {store.end}")
+        if position <= store.trim:
+            return
+        while store.records and store.records[0].next_position <= position:
+            store.records.popleft()
+        store.trim = position
+        self._space.set()
+
+    async def reset(self) -> None:
+        await self.trim(self.store.end)
+
+    async def close(self) -> None:
+        self._closed = True
+        self._space.set()
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise WalClosedError("WAL is closed")
+        if self._session < 0:
+            raise WalError("WAL is not open")
+        if self.store.session != self._session:
+            raise WalFencedError(f"fenced by epoch {self.store.epoch}")

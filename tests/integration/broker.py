@@ -1,0 +1,85 @@
+"""A real broker process for integration tests: `tidelog server` on a free port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class BrokerProcess:
+    def __init__(self, data_dir: Path, settings: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.settings = settings or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.log_path = data_dir / "broker.log"
+        self.port_fixed: int | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> BrokerProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ready = self.data_dir / "ready"
+        ready.unlink(missing_ok=True)
+        port = self.port_fixed if self.port_fixed is not None else 0
+        settings = {
+            "listeners": f"PLAINTEXT://127.0.0.1:{port}",
+            "wal.uri": f"file://{self.data_dir}/wal",
+            "objectstore.uri": f"file://{self.data_dir}/objects",
+            "metadata.uri": f"embedded://{self.data_dir}",
+            "wal.capacity": str(256 << 20),
+            **self.settings,
+        }
+        args = [sys.executable, "-m", "tidelog.cli", "server", "--ready-file", str(ready)]
+        for k, v in settings.items():
+            args += ["--set", f"{k}={v}"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TIDELOG_")}
+        logf = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"broker exited early:\n{self.log()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"broker not ready in {timeout}s:\n{self.log()}")
+            time.sleep(0.05)
+        self.port = int(ready.read_text())
+        self.port_fixed = self.port  # restarts keep the address clients know
+        return self
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-5000:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        rc = self.proc.returncode
+        self.proc = None
+        return rc
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> BrokerProcess:
+        self.stop()
+        return self.start()
