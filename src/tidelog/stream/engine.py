@@ -148,7 +148,8 @@ class StreamEngine:
             self._uploader = None
         if flush and self._failed is None:
             try:
-                await self.upload()
+                while await self._upload_some():
+                    pass
             except Exception as exc:  # the WAL still holds the data: nothing is lost
                 log.warning("final upload failed, data stays in the WAL: %s", exc)
         for s in self.streams.values():
@@ -244,6 +245,7 @@ class StreamEngine:
                 await self.upload()
                 await self._collect_garbage()
                 backoff = 0.1
+                self.appended()  # more than an upload's worth left: go again at once
             except Fenced as exc:
                 self.fail(f"upload commit fenced: {exc}")
                 return
@@ -254,9 +256,21 @@ class StreamEngine:
                 self._upload_now.set()
 
     async def upload(self) -> int:
-        """Upload the durable head of the log cache; returns the bytes uploaded."""
+        """Upload everything durable in the log cache, `upload_bytes` per object set;
+        returns the bytes uploaded."""
+        total = 0
+        # bounded by what is cached now, so a steady stream of appends cannot keep one
+        # call (and the garbage collection after it) going forever
+        for _ in range(self.cache.size // max(self.config.upload_bytes, 1) + 1):
+            n = await self._upload_some()
+            if not n:
+                break
+            total += n
+        return total
+
+    async def _upload_some(self) -> int:
         async with self._upload_lock:
-            entries = self.cache.confirmed_prefix()
+            entries = self.cache.confirmed_prefix(self.config.upload_bytes)
             if not entries:
                 return 0
             by_stream: dict[int, list[CacheEntry]] = {}

@@ -86,13 +86,16 @@ class LogCache:
         s = self._streams.get(stream_id)
         return s.entries if s else []
 
-    def confirmed_prefix(self) -> list[CacheEntry]:
-        """The longest run of durable entries at the head of WAL order (an upload's input)."""
+    def confirmed_prefix(self, max_bytes: int) -> list[CacheEntry]:
+        """Durable entries at the head of WAL order, up to about `max_bytes` (an upload's
+        input: bounded, so a backlog becomes several objects rather than one huge one)."""
         out: list[CacheEntry] = []
+        size = 0
         for e in self._order:
-            if e.wal_position < 0:
+            if e.wal_position < 0 or (out and size + len(e.payload) > max_bytes):
                 break
             out.append(e)
+            size += len(e.payload)
         return out
 
     def drop_uploaded(self, uploaded: list[CacheEntry]) -> None:

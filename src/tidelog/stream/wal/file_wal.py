@@ -370,43 +370,20 @@ class WalStats:
     """Total time spent in group fdatasyncs."""
 
 
+@dataclass(slots=True, eq=False)
 class _Entry:
     """A record or padding marker between reservation and durability."""
 
-    __slots__ = (
-        "kind",
-        "position",
-        "next_position",
-        "session",
-        "stream_id",
-        "stream_epoch",
-        "base_offset",
-        "last_offset",
-        "payload",
-        "future",
-    )
-
-    def __init__(
-        self,
-        kind: int,
-        session: int,
-        stream_id: int,
-        stream_epoch: int,
-        base_offset: int,
-        last_offset: int,
-        payload: bytes | memoryview,
-        future: asyncio.Future[int] | None,
-    ) -> None:
-        self.kind = kind
-        self.position = -1
-        self.next_position = -1
-        self.session = session
-        self.stream_id = stream_id
-        self.stream_epoch = stream_epoch
-        self.base_offset = base_offset
-        self.last_offset = last_offset
-        self.payload = payload
-        self.future = future
+    kind: int
+    session: int
+    stream_id: int
+    stream_epoch: int
+    base_offset: int
+    last_offset: int
+    payload: bytes | memoryview
+    future: asyncio.Future[int] | None
+    position: int = -1
+    next_position: int = -1
 
     @property
     def write_size(self) -> int:

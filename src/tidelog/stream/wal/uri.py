@@ -1,7 +1,8 @@
 """Build a WAL from `wal.uri`.
 
-- `file:///abs/path/wal`, `file://./relative/path` (resolved against the current directory
-  now, so a later `chdir` does not move the WAL) or a plain path: `FileWAL`.
+- `file:///abs/path/wal`, `file://./relative/path` (also `file://relative/path`; resolved
+  against the current directory now, so a later `chdir` does not move the WAL) or a plain
+  path: `FileWAL`.
 - `memory://` (a fresh store) or `memory://name` (a process-wide named store, so an
   in-process restart finds its records again): `MemoryWAL`.
 
@@ -67,11 +68,8 @@ def _file_path(netloc: str, path: str, uri: str) -> str:
         if not path:
             raise ValueError(f"no path in {uri!r}")
         return path
-    if netloc in (".", ".."):
-        return os.path.abspath(netloc + path)
-    raise ValueError(
-        f"{uri!r} names host {netloc!r}: use file:///absolute/path or file://./relative/path"
-    )
+    # `file://./x`, `file://../x` and, as people write it, `file://data/x`: relative paths.
+    return os.path.abspath(netloc + path)
 
 
 def _options(query: str, options: dict[str, Any], allowed: set[str], uri: str) -> dict[str, Any]:
