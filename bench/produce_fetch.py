@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import threading
@@ -59,7 +58,7 @@ def sequential_latency(bootstrap: str, topic: str, size: int, n: int) -> list[fl
     for _ in range(n):
         done = threading.Event()
         t = time.perf_counter()
-        p.produce(topic, value, on_delivery=lambda err, msg: done.set())
+        p.produce(topic, value, on_delivery=lambda err, msg, done=done: done.set())
         while not done.is_set():
             p.poll(0.01)
         out.append((time.perf_counter() - t) * 1000)

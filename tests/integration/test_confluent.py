@@ -7,6 +7,7 @@ import time
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+
 from tests.integration.broker import BrokerProcess
 
 N_PARTITIONS = 8

@@ -264,7 +264,8 @@ def test_open_wal_paths_and_options(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     fresh, other = open_wal("memory://"), open_wal("memory://")
     assert isinstance(fresh, MemoryWAL) and isinstance(other, MemoryWAL)
     assert fresh.store is not other.store
-    assert open_wal("file://data/x.wal").path == str(tmp_path / "data" / "x.wal")  # type: ignore[attr-defined]
+    hostish = open_wal("file://data/x.wal")  # read as relative, like server.wal_file_uri
+    assert isinstance(hostish, FileWAL) and hostish.path == str(tmp_path / "data" / "x.wal")
     for bad in ("s3://bucket/wal", "file://", "file:///x?colour=red"):
         with pytest.raises(ValueError):
             open_wal(bad)

@@ -14,6 +14,7 @@ Metadata keys: `/streams/<id>` (epoch, start and uploaded end offsets) and
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import hashlib
 import json
@@ -26,7 +27,7 @@ from tidelog.metadata.base import Fenced, MetadataStore, Txn
 from tidelog.objectstore.base import ObjectStore
 from tidelog.stream.block_cache import BlockCache
 from tidelog.stream.log_cache import CacheEntry, LogCache
-from tidelog.stream.object_format import BlockIndex, ObjectBuilder, iter_records
+from tidelog.stream.object_format import BlockIndex, ObjectBuilder, Record
 from tidelog.stream.object_index import ObjectIndex
 from tidelog.stream.stream import Stream, StreamMeta
 from tidelog.stream.wal.base import WAL
@@ -302,7 +303,7 @@ class StreamEngine:
                 self.index.add_object(key, builder.index)
                 for i, b in enumerate(builder.index):
                     if b.stream_id in self.streams:
-                        self.blocks.put(key, b.position, builder.block_bytes(i))
+                        self.blocks.put(key, b.position, builder.block_records(i), b.size)
                 size += builder.size
             self.cache.drop_uploaded(entries)
             await self.wal.trim(entries[-1].wal_position)
@@ -377,11 +378,11 @@ class StreamEngine:
             if i >= len(blocks) or blocks[i][1].start_offset > offset:
                 break  # a gap: nothing stored at this offset
             key, b = blocks[i]
-            data = await self.blocks.get(key, b.position, b.size)
+            block = await self.blocks.get(key, b.position, b.size)
             if i + 1 < len(blocks):  # read-ahead for sequential consumers
                 nk, nb = blocks[i + 1]
                 self.blocks.prefetch(nk, nb.position, nb.size)
-            offset, n = _take_records(memoryview(data), offset, end, max_bytes, total, out)
+            offset, n = _take_records(block, offset, end, max_bytes, total, out)
             total += n
             if n == 0:
                 break
@@ -389,12 +390,13 @@ class StreamEngine:
 
 
 def _take_records(
-    block: memoryview, offset: int, end: int, max_bytes: int, have: int,
+    block: list[Record], offset: int, end: int, max_bytes: int, have: int,
     out: list[bytes | bytearray | memoryview],
 ) -> tuple[int, int]:
-    """Append the payloads of `block` covering `offset`.. to `out` as views (no copy)."""
+    """Append the payloads of `block` covering `offset`.. to `out` (no copy)."""
     total = 0
-    for base, last, payload in iter_records(block):
+    i = max(bisect.bisect_right(block, offset, key=lambda r: r[0]) - 1, 0)
+    for base, last, payload in block[i:]:
         if base >= end:
             break
         if last >= offset:

@@ -26,6 +26,10 @@ FOOTER = struct.Struct(">QIH6s4s")
 RECORD = struct.Struct(">qqI")
 
 
+Record = tuple[int, int, bytes | bytearray | memoryview]
+"""`(base_offset, last_offset, payload)`."""
+
+
 class ObjectFormatError(ValueError):
     pass
 
@@ -76,8 +80,10 @@ class ObjectBuilder:
         self.blocks.append(bufs)
         self.size += size
 
-    def block_bytes(self, i: int) -> bytes:
-        return b"".join(self.blocks[i])
+    def block_records(self, i: int) -> list[Record]:
+        """Block `i` as records, over the caller's own buffers (for the block cache)."""
+        bufs = self.blocks[i]
+        return [(*RECORD.unpack(bufs[j])[:2], bufs[j + 1]) for j in range(0, len(bufs), 2)]
 
     def finish(self) -> list[bytes | bytearray | memoryview]:
         index = b"".join(INDEX_ENTRY.pack(*e.to_list()) for e in self.index)
@@ -103,9 +109,9 @@ def parse_index(data: bytes) -> list[BlockIndex]:
     return [BlockIndex(*t) for t in INDEX_ENTRY.iter_unpack(data)]
 
 
-def iter_records(block: memoryview) -> list[tuple[int, int, memoryview]]:
+def iter_records(block: memoryview) -> list[Record]:
     """`(base_offset, last_offset, payload view)` of every record in a block."""
-    out = []
+    out: list[Record] = []
     pos, n = 0, len(block)
     while pos + RECORD.size <= n:
         base, last, ln = RECORD.unpack_from(block, pos)

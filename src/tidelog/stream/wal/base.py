@@ -69,7 +69,7 @@ class WAL(ABC):
         stream_epoch: int,
         base_offset: int,
         last_offset: int,
-        payload: bytes | memoryview,
+        payload: bytes | bytearray | memoryview,
         timeout: float | None = None,
     ) -> int:
         """Append one record and return its `next_position` once it is durable.

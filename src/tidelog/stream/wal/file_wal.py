@@ -134,7 +134,7 @@ def encode_record_header(
     stream_epoch: int,
     base_offset: int,
     last_offset: int,
-    payload: bytes | memoryview,
+    payload: bytes | bytearray | memoryview,
 ) -> bytes:
     tail = _TAIL.pack(
         kind, len(payload), session, position, stream_id, stream_epoch, base_offset, last_offset
@@ -335,7 +335,7 @@ def _open_or_create(path: str, capacity: int) -> tuple[int, HeaderSlot]:
     raise WalError(f"could not create {path}")
 
 
-def _pwritev_all(fd: int, buffers: list[bytes | memoryview], offset: int) -> None:
+def _pwritev_all(fd: int, buffers: list[bytes | bytearray | memoryview], offset: int) -> None:
     """Write every buffer at `offset`, in `IOV_MAX` batches, retrying short writes."""
     i = 0
     while i < len(buffers):
@@ -380,7 +380,7 @@ class _Entry:
     stream_epoch: int
     base_offset: int
     last_offset: int
-    payload: bytes | memoryview
+    payload: bytes | bytearray | memoryview
     future: asyncio.Future[int] | None
     position: int = -1
     next_position: int = -1
@@ -580,7 +580,7 @@ class FileWAL(WAL):
         stream_epoch: int,
         base_offset: int,
         last_offset: int,
-        payload: bytes | memoryview,
+        payload: bytes | bytearray | memoryview,
         timeout: float | None = None,
     ) -> int:
         self._check_usable()
@@ -705,7 +705,7 @@ class FileWAL(WAL):
 
     def _write_group_sync(self, group: list[_Entry]) -> float:
         self._check_owner_sync()
-        runs: list[tuple[int, list[bytes | memoryview]]] = []
+        runs: list[tuple[int, list[bytes | bytearray | memoryview]]] = []
         expected = -1
         for entry in group:
             offset = HEADER_AREA + entry.position % self._capacity

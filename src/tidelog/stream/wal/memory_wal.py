@@ -92,7 +92,7 @@ class MemoryWAL(WAL):
         stream_epoch: int,
         base_offset: int,
         last_offset: int,
-        payload: bytes | memoryview,
+        payload: bytes | bytearray | memoryview,
         timeout: float | None = None,
     ) -> int:
         self._check_usable()
