@@ -108,3 +108,30 @@ async def test_back_pressure_times_out_when_uploads_fail(tmp_path: Path) -> None
     await p.append(batch(0), timeout=10)  # uploads resume, the WAL drains, appends flow
     assert p.high_watermark == acked + 3
     await stop(engine, flush=True)
+
+
+async def test_deleted_stream_objects_are_collected(tmp_path: Path, store: ObjectStore) -> None:
+    clock = [0.0]
+    meta = EmbeddedMetadataStore(str(tmp_path / "meta.db"))
+    engine = StreamEngine(FileWAL(str(tmp_path / "wal"), capacity=8 << 20), store, meta,
+                          EngineConfig(gc_grace=10), describe=describe,
+                          clock=lambda: clock[0])
+    await engine.start(1)
+    keep = Partition("t", 0, await engine.create_stream())
+    gone = Partition("t", 1, await engine.create_stream())
+    await gone.append(batch(0))
+    await engine.upload()  # object 1 holds only the doomed stream
+    await keep.append(batch(1))
+    await gone.append(batch(2))
+    await engine.upload()  # object 2 is shared
+    assert len(await store.list()) == 2
+    await engine.delete_stream(gone.stream.stream_id)
+    await engine._collect_garbage()
+    assert len(await store.list()) == 2  # grace period: readers may still be on it
+    clock[0] = 11
+    await engine._collect_garbage()
+    remaining = await store.list()
+    assert len(remaining) == 1 and remaining == list(engine.index.objects)
+    assert len(await meta.list("/objects/")) == 1
+    assert len(await read_all(keep)) == 1
+    await stop(engine, flush=True)

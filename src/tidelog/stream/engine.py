@@ -73,6 +73,10 @@ def _object_key(object_id: int, kind: str) -> str:
     return f"{h}/{kind}/{object_id:020d}.obj"
 
 
+def _object_id(key: str) -> int:
+    return int(key.rsplit("/", 1)[1].split(".")[0])
+
+
 class StreamEngine:
     def __init__(
         self,
@@ -168,12 +172,14 @@ class StreamEngine:
         return s
 
     async def delete_stream(self, stream_id: int) -> None:
-        s = self.streams.pop(stream_id, None)
-        if s is not None:
-            s.close()
-        self.cache.drop_stream(stream_id)
-        self.index.drop_stream(stream_id)
-        await self.meta.delete(_key(STREAMS, stream_id))
+        # under the upload lock: an upload in flight commits against the stream's record
+        async with self._upload_lock:
+            s = self.streams.pop(stream_id, None)
+            if s is not None:
+                s.close()
+            self.cache.drop_stream(stream_id)
+            self.index.drop_stream(stream_id)
+            await self.meta.delete(_key(STREAMS, stream_id))
 
     def _encode_meta(self, m: StreamMeta) -> bytes:
         return json.dumps({"epoch": m.epoch, "start": m.start_offset,
@@ -283,8 +289,7 @@ class StreamEngine:
                 await self.store.put(key, builder.finish())
             txn = Txn()
             for key, builder in objects:
-                oid = int(key.rsplit("/", 1)[1].split(".")[0])
-                txn.puts.append((_key(OBJECTS, oid), json.dumps(
+                txn.puts.append((_key(OBJECTS, _object_id(key)), json.dumps(
                     {"key": key, "size": builder.size,
                      "blocks": [b.to_list() for b in builder.index]}).encode()))
             metas = []
@@ -350,9 +355,7 @@ class StreamEngine:
             first = self._garbage_seen.setdefault(key, now)
             if now - first < self.config.gc_grace:
                 continue
-            for e in await self.meta.list(OBJECTS):
-                if json.loads(e.value)["key"] == key:
-                    await self.meta.delete(e.key)
+            await self.meta.delete(_key(OBJECTS, _object_id(key)))
             await self.store.delete(key)
             self.index.forget_object(key)
             self._garbage_seen.pop(key, None)
