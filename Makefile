@@ -28,6 +28,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/produce_fetch.py
+	$(PY) bench/memory.py
 
 clean:
 	rm -rf $(VENV) data
