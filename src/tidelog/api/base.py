@@ -49,6 +49,14 @@ Handler = Callable[[Context, RequestHeader, Any], Awaitable[Any]]
 
 
 @dataclass(frozen=True, slots=True)
+class Encoded:
+    """A response a handler encoded itself: the whole frame as buffers (fetch's records
+    go out without a copy)."""
+
+    buffers: list[bytes | bytearray | memoryview]
+
+
+@dataclass(frozen=True, slots=True)
 class Api:
     key: int
     min_version: int

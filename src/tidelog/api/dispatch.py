@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from tidelog.api.api_versions import API_VERSIONS, api_versions_response
-from tidelog.api.base import Context
+from tidelog.api.base import Context, Encoded
 from tidelog.api.produce import NO_RESPONSE
 from tidelog.api.registry import ALL, BY_KEY
 from tidelog.protocol.codec import decode_request, encode_response, peek_header
@@ -23,7 +23,7 @@ class Dispatcher:
         ctx.extras["apis"] = ALL
         self.requests = 0
 
-    async def __call__(self, frame: bytes) -> bytes | None:
+    async def __call__(self, frame: bytes) -> bytes | list[bytes | bytearray | memoryview] | None:
         head = peek_header(frame)
         api = BY_KEY.get(head.api_key)
         if api is None:
@@ -45,4 +45,6 @@ class Dispatcher:
         resp = await api.handler(self.ctx, header, req)
         if resp is NO_RESPONSE:
             return None
+        if isinstance(resp, Encoded):
+            return resp.buffers
         return encode_response(head.api_key, version, head.correlation_id, resp)

@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import timedelta
 from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from tidelog.api.base import NONE, Api, Context, error, make, response_module
+from tidelog.api.base import NONE, Api, Context, Encoded, error
 from tidelog.api.fetch_sessions import (
     FetchSession,
     FetchSessionCache,
@@ -21,6 +20,7 @@ from tidelog.api.fetch_sessions import (
 )
 from tidelog.partition.partition import Partition
 from tidelog.protocol.codec import RequestHeader
+from tidelog.protocol.fetch_encoder import PartitionOut, TopicOut, encode_fetch_response
 
 log = logging.getLogger(__name__)
 FETCH = 1
@@ -59,20 +59,27 @@ def _requested(ctx: Context, req: Any) -> tuple[dict[PartitionKey, SessionPartit
 
 async def handle_fetch(ctx: Context, header: RequestHeader, req: Any) -> Any:
     version = header.api_version
-    mod = response_module(FETCH, version)
     cache = sessions(ctx)
     session: FetchSession | None = None
     incremental = False
     try:
         wanted, unknown = _requested(ctx, req)
         sid, epoch = getattr(req, "session_id", 0), getattr(req, "session_epoch", -1)
-        if sid == 0 and epoch == 0:
+        if epoch == 0:
+            # a full fetch that opens a session; with an id it also closes that session
+            # (what a client sends after a session error: KIP-227's "close and recreate")
+            if sid != 0:
+                cache.remove(sid)
             session = cache.new()
             session.partitions = wanted
-        elif sid != 0 and epoch == -1:
-            cache.remove(sid)
-        elif sid != 0:
+        elif epoch == -1:
+            if sid != 0:  # a full fetch without a session, closing the one it had
+                cache.remove(sid)
+        elif sid == 0:
+            raise SessionError("fetch_session_id_not_found")
+        else:
             session = cache.get(sid, epoch)
+            session.epoch += 1
             incremental = True
             session.partitions.update(wanted)
             for t in getattr(req, "forgotten_topics_data", ()):
@@ -81,10 +88,8 @@ async def handle_fetch(ctx: Context, header: RequestHeader, req: Any) -> Any:
                     session.partitions.pop((name, index), None)  # type: ignore[arg-type]
             wanted = session.partitions
     except SessionError as exc:
-        return make(mod.FetchResponse, throttle_time=timedelta(0), error_code=error(exc.code),
-                    session_id=0, responses=(), node_endpoints=())
-    if session is not None:
-        session.epoch += 1
+        return Encoded(encode_fetch_response(version, header.correlation_id, [],
+                                             error_code=error(exc.code).value))
 
     deadline = time.monotonic() + min(req.max_wait.total_seconds(),
                                       ctx.config.fetch_max_wait_cap)
@@ -104,33 +109,24 @@ async def handle_fetch(ctx: Context, header: RequestHeader, req: Any) -> Any:
         for w in pending:
             w.cancel()
 
-    by_topic: dict[str, list[Any]] = {}
+    by_topic: dict[str, TopicOut] = {}
     for key, (code, hw, start, bufs, _n) in results.items():
         sp = wanted[key]
         if incremental and not bufs and code == NONE and hw == sp.last_hw and (
                 start == sp.last_start):
             continue  # unchanged: an incremental response leaves it out
         sp.last_hw, sp.last_start = hw, start
-        by_topic.setdefault(key[0], []).append(make(
-            mod.PartitionData, partition_index=key[1], error_code=code, high_watermark=hw,
-            last_stable_offset=hw, log_start_offset=start, aborted_transactions=None,
-            preferred_read_replica=-1,
-            records=b"".join(bufs)))
-    topics = []
-    for name, parts in by_topic.items():
-        t = ctx.topics.get(name)
-        topics.append(make(mod.FetchableTopicResponse, topic=name,
-                           topic_id=t.topic_id if t else None, partitions=tuple(parts)))
+        out = by_topic.get(key[0])
+        if out is None:
+            t = ctx.topics.get(key[0])
+            out = by_topic[key[0]] = TopicOut(key[0], t.topic_id if t else None)
+        out.partitions.append(PartitionOut(key[1], code.value, hw, hw, start, bufs))
+    topics = list(by_topic.values())
     for topic_id, index in unknown:
-        topics.append(make(mod.FetchableTopicResponse, topic=None, topic_id=topic_id,
-                           partitions=(make(mod.PartitionData, partition_index=index,
-                                            error_code=error("unknown_topic_id"),
-                                            high_watermark=-1, last_stable_offset=-1,
-                                            log_start_offset=-1, aborted_transactions=None,
-                                            preferred_read_replica=-1, records=b""),)))
-    return make(mod.FetchResponse, throttle_time=timedelta(0), error_code=NONE,
-                session_id=session.session_id if session else 0, responses=tuple(topics),
-                node_endpoints=())
+        topics.append(TopicOut("", topic_id, [PartitionOut(
+            index, error("unknown_topic_id").value, -1, -1, -1)]))
+    return Encoded(encode_fetch_response(version, header.correlation_id, topics,
+                                         session_id=session.session_id if session else 0))
 
 
 async def _read_all(

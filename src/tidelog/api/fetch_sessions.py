@@ -23,7 +23,7 @@ class SessionPartition:
 @dataclass(slots=True)
 class FetchSession:
     session_id: int
-    epoch: int
+    epoch: int  # the epoch the session's next (incremental) request must carry
     partitions: dict[PartitionKey, SessionPartition] = field(default_factory=dict)
     last_used: float = field(default_factory=time.monotonic)
 

@@ -16,8 +16,10 @@ from tidelog.protocol.codec import FrameError, FrameReader
 
 log = logging.getLogger(__name__)
 
-# frame bytes -> response frame bytes, or None when no response is due (acks=0)
-Dispatch = Callable[[bytes], Awaitable[bytes | None]]
+# frame bytes -> response frame (bytes, or buffers to write in one go), or None when no
+# response is due (acks=0)
+Response = bytes | list[bytes | bytearray | memoryview] | None
+Dispatch = Callable[[bytes], Awaitable[Response]]
 
 MAX_IN_FLIGHT = 64
 
@@ -27,7 +29,7 @@ class KafkaConnection(asyncio.Protocol):
             [KafkaConnection], None]) -> None:
         self._dispatch = dispatch
         self._reader = FrameReader(max_frame)
-        self._pending: deque[asyncio.Task[bytes | None]] = deque()
+        self._pending: deque[asyncio.Task[Response]] = deque()
         self._transport: asyncio.Transport | None = None
         self._paused_reading = False
         self._write_paused = False
@@ -50,7 +52,7 @@ class KafkaConnection(asyncio.Protocol):
             return
         self._update_reading()
 
-    def _request_done(self, _task: asyncio.Task[bytes | None]) -> None:
+    def _request_done(self, _task: asyncio.Task[Response]) -> None:
         while self._pending and self._pending[0].done():
             task = self._pending.popleft()
             if task.cancelled():
@@ -62,7 +64,10 @@ class KafkaConnection(asyncio.Protocol):
                 return
             out = task.result()
             if out is not None and self._transport is not None:
-                self._transport.write(out)
+                if isinstance(out, bytes):
+                    self._transport.write(out)
+                else:
+                    self._transport.writelines(out)
         self._update_reading()
 
     def abort(self, why: str, exc: BaseException | None = None) -> None:

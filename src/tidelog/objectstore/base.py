@@ -35,8 +35,8 @@ class ObjectStore(ABC):
     async def get(self, key: str) -> bytes: ...
 
     @abstractmethod
-    async def get_range(self, key: str, start: int, end: int) -> bytes:
-        """Bytes [start, end) of the object."""
+    async def get_range(self, key: str, start: int, end: int) -> bytes | memoryview:
+        """Bytes [start, end) of the object (a view where the store allows: no copy)."""
 
     @abstractmethod
     async def size(self, key: str) -> int: ...

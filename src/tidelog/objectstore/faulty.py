@@ -77,7 +77,7 @@ class FaultyObjectStore(ObjectStore):
         _finish(fault)
         return data
 
-    async def get_range(self, key: str, start: int, end: int) -> bytes:
+    async def get_range(self, key: str, start: int, end: int) -> bytes | memoryview:
         fault = await self._begin("get_range")
         data = await self.inner.get_range(key, start, end)
         self.bytes_got += len(data)

@@ -136,16 +136,16 @@ class ObstoreObjectStore(ObjectStore):
 
         return await self._call("get", key, attempt)
 
-    async def get_range(self, key: str, start: int, end: int) -> bytes:
+    async def get_range(self, key: str, start: int, end: int) -> bytes | memoryview:
         """Bytes [start, end); an `end` past the object's end is clamped to it."""
         if start < 0 or end < start:
             raise ValueError(f"invalid range [{start}, {end})")
         if start == end:
             return b""
 
-        async def attempt() -> bytes:
+        async def attempt() -> memoryview:
             data = await obstore.get_range_async(self._backend, key, start=start, end=end)
-            return data.to_bytes()
+            return memoryview(data)  # a view of obstore's buffer: no copy
 
         return await self._call("get_range", key, attempt)
 
