@@ -81,7 +81,12 @@ async def handle_fetch(ctx: Context, header: RequestHeader, req: Any) -> Any:
             session = cache.get(sid, epoch)
             session.epoch += 1
             incremental = True
-            session.partitions.update(wanted)
+            for key, sp in wanted.items():  # new offsets; keep what was last reported
+                known = session.partitions.get(key)
+                if known is None:
+                    session.partitions[key] = sp
+                else:
+                    known.fetch_offset, known.max_bytes = sp.fetch_offset, sp.max_bytes
             for t in getattr(req, "forgotten_topics_data", ()):
                 name = _name(ctx, t)
                 for index in t.partitions:
