@@ -15,6 +15,7 @@ from tidelog.api.dispatch import Dispatcher
 from tidelog.config import Config, parse_listener
 from tidelog.metadata.base import MetadataStore
 from tidelog.metadata.uri import open_metadata
+from tidelog.metrics import start_metrics_server
 from tidelog.net.server import KafkaListener
 from tidelog.objectstore.uri import open_object_store
 from tidelog.partition.partition import describe
@@ -53,6 +54,8 @@ class Broker:
         self.engine: StreamEngine | None = None
         self.meta: MetadataStore | None = None
         self.topics: TopicManager | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.metrics_port = 0
 
     async def start(self) -> None:
         c = self.config
@@ -84,11 +87,16 @@ class Broker:
         info = BrokerInfo(node_id, advertised.host, advertised.port,
                           c.get_str("broker.rack") or None)
         ctx = Context(info, self.topics, broker_cfg)
-        self.listener = KafkaListener(Dispatcher(ctx), bind.host, bind.port,
+        self.dispatcher = Dispatcher(ctx)
+        self.listener = KafkaListener(self.dispatcher, bind.host, bind.port,
                                       c.get_int("socket.request.max.bytes"))
         await self.listener.start()
         if advertised.port == 0:  # bound to a free port: advertise the real one
             info.port = self.listener.port
+        if c.get_str("metrics.port") != "0":
+            self.metrics_port = start_metrics_server(self, c.get_int("metrics.port"),
+                                                     bind.host)
+            log.info("metrics on http://%s:%d/metrics", bind.host, self.metrics_port)
         log.info("tidelog broker %d ready on %s:%d (wal %s, objects %s)", node_id,
                  info.host, info.port, c.get_str("wal.uri"), c.get_str("objectstore.uri"))
 

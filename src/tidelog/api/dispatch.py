@@ -21,7 +21,7 @@ class Dispatcher:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         ctx.extras["apis"] = ALL
-        self.requests = 0
+        self.by_api: dict[int, int] = {}
 
     async def __call__(self, frame: bytes) -> bytes | list[bytes | bytearray | memoryview] | None:
         head = peek_header(frame)
@@ -41,7 +41,7 @@ class Dispatcher:
         except Exception as exc:
             raise ProtocolViolation(
                 f"malformed request (api key {head.api_key} v{version}): {exc!r}") from exc
-        self.requests += 1
+        self.by_api[head.api_key] = self.by_api.get(head.api_key, 0) + 1
         resp = await api.handler(self.ctx, header, req)
         if resp is NO_RESPONSE:
             return None
