@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import sys
 
@@ -40,9 +39,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from tidelog.server import serve
 
-    with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(serve(config, args.ready_file))
-    return 0
+    try:
+        return uvloop.run(serve(config, args.ready_file))
+    except KeyboardInterrupt:
+        return 0
+    except OSError as exc:  # e.g. the port is taken, the data directory is not writable
+        logging.getLogger("tidelog").error("cannot start: %s", exc)
+        return 1
 
 
 if __name__ == "__main__":

@@ -109,9 +109,15 @@ class Broker:
             await self.meta.close()
 
 
-async def serve(config: Config, ready_file: str | None = None) -> None:
+async def serve(config: Config, ready_file: str | None = None) -> int:
+    """Run until SIGINT/SIGTERM (exit code 0) or a storage failure (exit code 1, so a
+    supervisor restarts the broker, which then recovers from the WAL)."""
     broker = Broker(config)
-    await broker.start()
+    try:
+        await broker.start()
+    except BaseException:
+        await broker.stop()  # release the WAL and metadata before reporting
+        raise
     if ready_file and broker.listener is not None:
         _write_ready(ready_file, broker.listener.port)
     stop = asyncio.Event()
@@ -121,8 +127,10 @@ async def serve(config: Config, ready_file: str | None = None) -> None:
     failed = asyncio.ensure_future(_watch_engine(broker))
     await asyncio.wait([asyncio.ensure_future(stop.wait()), failed],
                        return_when=asyncio.FIRST_COMPLETED)
-    log.info("shutting down")
+    failure = broker.engine.failed if broker.engine is not None else None
+    log.info("shutting down%s", f" after a storage failure: {failure}" if failure else "")
     await broker.stop()
+    return 1 if failure else 0
 
 
 def _write_ready(path: str, port: int) -> None:
