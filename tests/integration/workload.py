@@ -52,6 +52,8 @@ def check(
     """Everything sent came back, partition by partition, in order, with the offsets the
     producer was told, dense from 0; each key stayed in one partition."""
     assert sum(len(v) for v in got.values()) == len(sent)
+    position = {m.value: i for i, m in enumerate(sent)}
+    assert len(position) == len(sent), "values must be unique"
     assert set(got) <= set(range(partitions))
     want = expected_by_partition(sent, placed)
     assert len(want) == partitions, f"keys landed in only {sorted(want)}"
@@ -64,9 +66,19 @@ def check(
             assert go == wo
             assert gm == wm, f"partition {p} offset {go}: {gm} != {wm}"
         # producer order within a partition is send order
-        indices = [int(m.headers[0][1]) for _, m in g]
+        indices = [position[m.value] for _, m in g]
         assert indices == sorted(indices), f"partition {p}: out of send order"
     key_partition: dict[bytes, int] = {}
     for p, msgs in got.items():
         for _, m in msgs:
             assert key_partition.setdefault(m.key, p) == p, f"key {m.key!r} in two partitions"
+
+
+def placed_by_consumer(sent: list[Msg], got: dict[int, list[tuple[int, Msg]]]
+                       ) -> list[tuple[int, int]]:
+    """(partition, offset) of each sent message as found by the consumer, for producers
+    that report no delivery (values are unique); a message not found fails the test."""
+    where = {m.value: (p, o) for p, msgs in got.items() for o, m in msgs}
+    missing = [m for m in sent if m.value not in where]
+    assert not missing, f"{len(missing)} messages never consumed, first {missing[0]}"
+    return [where[m.value] for m in sent]

@@ -15,13 +15,13 @@ import pytest
 
 from tidelog.stream.wal import file_wal
 from tidelog.stream.wal.base import WalError, WalFencedError, WalRecord
-from tidelog.stream.wal.file_wal import (
+from tidelog.stream.wal.file_wal import FileWAL
+from tidelog.stream.wal.ring_format import (
     HEADER_AREA,
     KIND_DATA,
     KIND_PAD,
     RECORD_HEADER_SIZE,
     SLOT_SIZE,
-    FileWAL,
     HeaderSlot,
     decode_slot,
     encode_record_header,

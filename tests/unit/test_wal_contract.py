@@ -18,8 +18,9 @@ from tidelog.stream.wal.base import (
     WalFullError,
     WalRecord,
 )
-from tidelog.stream.wal.file_wal import RECORD_HEADER_SIZE, FileWAL
+from tidelog.stream.wal.file_wal import FileWAL
 from tidelog.stream.wal.memory_wal import MemoryWAL, MemoryWALStore
+from tidelog.stream.wal.ring_format import RECORD_HEADER_SIZE
 from tidelog.stream.wal.uri import open_wal, parse_size
 
 # A factory returns a new WAL instance over the same storage each call: a "restart".

@@ -1,23 +1,14 @@
 """`FileWAL`: a preallocated ring file on any POSIX path (local disk, EBS, NFS/FSx mount).
 
-Vocabulary:
-- *header slots*: the file starts with two `SLOT_SIZE` slots holding the WAL's state
-  (epoch, capacity, trim position, ...). Every update writes the slot the previous update did
-  not, so a torn slot write always leaves the other one valid; the valid slot with the higher
-  generation wins.
-- *data region*: the `capacity` bytes after the slots. Logical position `p` lives at physical
-  offset `HEADER_AREA + p % capacity`.
-- *entry*: a record or a padding marker, each with a `RECORD_HEADER`. Entries never straddle
-  the ring end: one that does not fit before it starts the next lap, preceded by a padding
-  marker (or by nothing when less than a header's bytes are left).
-- *session*: a counter bumped by every `open`. Each entry carries its session and a scan only
-  accepts non-decreasing sessions from the slot's `trim_session` on. After a torn tail is cut
-  its positions are reused by the next session; the session check stops stale but intact
-  entries that lie beyond the cut from being served when the new writer's entries happen to
-  line up with them. The entry's own `position` field rejects data from an earlier lap.
+The file's layout (header slots, records, laps, sessions, positions) and the recovery scan
+live in `ring_format`. This module is the writer:
 - *group*: the appends gathered while the previous write was in flight. One `pwritev` (two
   when the group wraps the ring end) and one `fdatasync`, in a dedicated thread, make all of
   them durable; then every waiter is released in order.
+- *back-pressure*: an append that does not fit waits, first come first served, until `trim`
+  frees room (at most `append_timeout`).
+- *fencing*: `open` bumps the slot's epoch and session; every write first re-reads the slot
+  and refuses to go on once a newer opener took over.
 """
 
 from __future__ import annotations
@@ -25,16 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import struct
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import NamedTuple, TypeVar
-
-import crc32c
+from typing import TypeVar
 
 from tidelog.stream.wal.base import (
     WAL,
@@ -44,205 +32,34 @@ from tidelog.stream.wal.base import (
     WalFullError,
     WalRecord,
 )
+from tidelog.stream.wal.ring_format import (
+    HEADER_AREA,
+    KIND_DATA,
+    KIND_PAD,
+    RECORD_HEADER_SIZE,
+    SLOT_SIZE,
+    U32_MAX,
+    GiB,
+    HeaderSlot,
+    KiB,
+    MiB,
+    check_u64,
+    encode_record_header,
+    encode_slot,
+    open_or_create,
+    read_latest_slot,
+    scan,
+)
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-KiB = 1024
-MiB = 1024 * KiB
-GiB = 1024 * MiB
-
-# --- Formats (pinned by golden-bytes tests; change FORMAT_VERSION / RECORD_MAGIC with them) ---
-
-SLOT_SIZE = 4096
-HEADER_AREA = 2 * SLOT_SIZE
-SLOT_MAGIC = b"TLWL"
-FORMAT_VERSION = 1
-# magic, version, reserved, generation, epoch, capacity, trim, session, trim_session; + crc32c
-_SLOT_BODY = struct.Struct(">4sHHQQQQII")
-_U32 = struct.Struct(">I")
-SLOT_ENCODED_SIZE = _SLOT_BODY.size + _U32.size
-
-RECORD_MAGIC = 0xA1
-KIND_DATA = 1
-KIND_PAD = 2
-# magic u8, crc32c u32, kind u8, length u32, session u32, position u64, stream_id u64,
-# stream_epoch u64, base_offset u64, last_offset u64; the CRC covers the header from `kind`
-# on, then the payload.
-RECORD_HEADER = struct.Struct(">BIBIIQQQQQ")
-RECORD_HEADER_SIZE = RECORD_HEADER.size
-_CRC_FROM = 5
-_TAIL = struct.Struct(">BIIQQQQQ")
-
 MIN_CAPACITY = 4 * KiB
-_U32_MAX = 0xFFFF_FFFF
-_U64_LIMIT = 1 << 64
-_EMPTY = memoryview(b"")
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 
-@dataclass(frozen=True, slots=True)
-class HeaderSlot:
-    generation: int
-    """Bumped by every slot write; the valid slot with the highest one is current."""
-    epoch: int
-    capacity: int
-    """Bytes in the data region."""
-    trim: int
-    session: int
-    trim_session: int
-    """Lowest session an entry at `trim` may carry (see the module docstring)."""
-
-
-def encode_slot(slot: HeaderSlot) -> bytes:
-    body = _SLOT_BODY.pack(
-        SLOT_MAGIC,
-        FORMAT_VERSION,
-        0,
-        slot.generation,
-        slot.epoch,
-        slot.capacity,
-        slot.trim,
-        slot.session,
-        slot.trim_session,
-    )
-    return body + _U32.pack(crc32c.crc32c(body))
-
-
-def decode_slot(buf: bytes | memoryview) -> HeaderSlot | None:
-    """The slot in `buf`, or None if it is torn, blank or of another format."""
-    if len(buf) < SLOT_ENCODED_SIZE:
-        return None
-    body = buf[: _SLOT_BODY.size]
-    (crc,) = _U32.unpack_from(buf, _SLOT_BODY.size)
-    if crc32c.crc32c(body) != crc:
-        return None
-    magic, version, _, generation, epoch, capacity, trim, session, trim_session = _SLOT_BODY.unpack(
-        body
-    )
-    if magic != SLOT_MAGIC or version != FORMAT_VERSION:
-        return None
-    return HeaderSlot(generation, epoch, capacity, trim, session, trim_session)
-
-
-def encode_record_header(
-    kind: int,
-    session: int,
-    position: int,
-    stream_id: int,
-    stream_epoch: int,
-    base_offset: int,
-    last_offset: int,
-    payload: bytes | bytearray | memoryview,
-) -> bytes:
-    tail = _TAIL.pack(
-        kind, len(payload), session, position, stream_id, stream_epoch, base_offset, last_offset
-    )
-    crc = crc32c.crc32c(payload, value=crc32c.crc32c(tail))
-    return RECORD_HEADER.pack(
-        RECORD_MAGIC,
-        crc,
-        kind,
-        len(payload),
-        session,
-        position,
-        stream_id,
-        stream_epoch,
-        base_offset,
-        last_offset,
-    )
-
-
-# --- Reading ---
-
-
-class _Scanned(NamedTuple):
-    kind: int
-    position: int
-    next_position: int
-    session: int
-    stream_id: int
-    stream_epoch: int
-    base_offset: int
-    last_offset: int
-    payload: memoryview
-
-
-class _RingReader:
-    """Reads the data region through a window of `chunk` bytes: few syscalls per record."""
-
-    def __init__(self, fd: int, capacity: int, chunk: int) -> None:
-        self._fd = fd
-        self._capacity = capacity
-        self._chunk = chunk
-        self._base = 0
-        self._view = _EMPTY
-
-    def read(self, offset: int, size: int) -> memoryview | None:
-        """`size` bytes at data offset `offset` (never past the ring end), None if short."""
-        start = offset - self._base
-        if start >= 0 and start + size <= len(self._view):
-            return self._view[start : start + size]
-        want = min(max(size, self._chunk), self._capacity - offset)
-        data = os.pread(self._fd, want, HEADER_AREA + offset)
-        if len(data) < size:
-            return None
-        self._base = offset
-        self._view = memoryview(data)
-        return self._view[:size]
-
-
-def _scan(
-    fd: int,
-    capacity: int,
-    start: int,
-    min_session: int,
-    max_session: int,
-    stop: int | None = None,
-    chunk: int = MiB,
-) -> Iterator[_Scanned]:
-    """Valid entries from `start` on; stops at the first one that is not (the torn tail).
-
-    A yielded payload view is only valid until the next step.
-    """
-    reader = _RingReader(fd, capacity, chunk)
-    pos = start
-    while stop is None or pos < stop:
-        offset = pos % capacity
-        room = capacity - offset
-        if room < RECORD_HEADER_SIZE:
-            pos += room
-            continue
-        head = reader.read(offset, RECORD_HEADER_SIZE)
-        if head is None:
-            return
-        magic, crc, kind, length, session, position, sid, sepoch, base, last = RECORD_HEADER.unpack(
-            head
-        )
-        if magic != RECORD_MAGIC or position != pos:
-            return
-        if not min_session <= session <= max_session:
-            return
-        if kind == KIND_DATA and length <= room - RECORD_HEADER_SIZE:
-            next_position = pos + RECORD_HEADER_SIZE + length
-        elif kind == KIND_PAD and length == 0:
-            next_position = pos + room
-        else:
-            return
-        if next_position - start > capacity:
-            return
-        payload = reader.read(offset + RECORD_HEADER_SIZE, length) if length else _EMPTY
-        if payload is None:
-            return
-        if crc32c.crc32c(payload, value=crc32c.crc32c(head[_CRC_FROM:])) != crc:
-            return
-        yield _Scanned(kind, pos, next_position, session, sid, sepoch, base, last, payload)
-        min_session = session
-        pos = next_position
-
-
-# --- File handling (blocking; always run in the WAL's thread) ---
+# --- Writing (blocking; always run in the WAL's thread) ---
 
 
 def _datasync(fd: int) -> None:
@@ -250,89 +67,6 @@ def _datasync(fd: int) -> None:
         os.fsync(fd)
     else:
         os.fdatasync(fd)
-
-
-def _read_latest_slot(fd: int) -> HeaderSlot | None:
-    raw = os.pread(fd, HEADER_AREA, 0)
-    slots = [s for s in (decode_slot(raw[:SLOT_SIZE]), decode_slot(raw[SLOT_SIZE:])) if s]
-    return max(slots, key=lambda s: s.generation) if slots else None
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        dfd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass  # some file systems (NFS, FUSE) refuse fsync on directories
-    finally:
-        os.close(dfd)
-
-
-def _preallocate(fd: int, size: int) -> None:
-    if hasattr(os, "posix_fallocate"):
-        try:
-            os.posix_fallocate(fd, 0, size)
-            return
-        except OSError:
-            pass
-    os.ftruncate(fd, size)
-
-
-def _create(path: str, capacity: int, replace_existing: bool) -> None:
-    """Create a fully initialised WAL file at `path` atomically (temp file + link/rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.{time.monotonic_ns()}.tmp"
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        _preallocate(fd, HEADER_AREA + capacity)
-        os.pwrite(fd, encode_slot(HeaderSlot(0, 0, capacity, 0, 0, 0)), 0)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        if replace_existing:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # create-if-absent: a racing creator's file wins
-            except FileExistsError:
-                pass
-            except OSError:
-                if not os.path.exists(path):  # no hard links on this file system
-                    os.rename(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    _fsync_dir(directory)
-
-
-def _open_or_create(path: str, capacity: int) -> tuple[int, HeaderSlot]:
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            _create(path, capacity, replace_existing=False)
-            continue
-        try:
-            size = os.fstat(fd).st_size
-            if size == 0:
-                os.close(fd)
-                _create(path, capacity, replace_existing=True)
-                continue
-            slot = _read_latest_slot(fd)
-            if slot is None:
-                raise WalError(f"{path} is not a Tidelog WAL (format {FORMAT_VERSION})")
-            if size < HEADER_AREA + slot.capacity:
-                os.ftruncate(fd, HEADER_AREA + slot.capacity)
-            return fd, slot
-        except BaseException:
-            os.close(fd)
-            raise
-    raise WalError(f"could not create {path}")
 
 
 def _pwritev_all(fd: int, buffers: list[bytes | bytearray | memoryview], offset: int) -> None:
@@ -411,14 +145,8 @@ def _byte_view(payload: memoryview) -> bytes | memoryview:
     return payload.tobytes()
 
 
-def _check_u64(**fields: int) -> None:
-    for name, value in fields.items():
-        if not 0 <= value < _U64_LIMIT:
-            raise ValueError(f"{name}={value} does not fit in an unsigned 64-bit field")
-
-
 class FileWAL(WAL):
-    """Group-committing ring-file WAL; see the module docstring for the layout.
+    """Group-committing ring-file WAL; see `ring_format` for the layout.
 
     `capacity` is the data region's size; an existing file keeps the capacity it was created
     with. `append_timeout` bounds how long an append waits for `trim` to free space.
@@ -485,7 +213,7 @@ class FileWAL(WAL):
             raise WalError("a FileWAL can be opened once")
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tidelog-wal")
         try:
-            self._fd, slot = await self._run(_open_or_create, self.path, self._capacity)
+            self._fd, slot = await self._run(open_or_create, self.path, self._capacity)
             if slot.epoch > epoch:
                 raise WalFencedError(f"{self.path} is owned by epoch {slot.epoch} > {epoch}")
             if slot.capacity != self._capacity:
@@ -530,7 +258,7 @@ class FileWAL(WAL):
         window (1 MiB or one record) so a caller can interleave other work.
         """
         self._check_usable()
-        for entry in _scan(
+        for entry in scan(
             self._fd,
             self._capacity,
             self._trim,
@@ -587,9 +315,9 @@ class FileWAL(WAL):
         if isinstance(payload, memoryview):
             payload = _byte_view(payload)
         size = RECORD_HEADER_SIZE + len(payload)
-        if size > self._capacity or len(payload) > _U32_MAX:
+        if size > self._capacity or len(payload) > U32_MAX:
             raise WalFullError(f"a {size}-byte record exceeds the capacity {self._capacity}")
-        _check_u64(
+        check_u64(
             stream_id=stream_id,
             stream_epoch=stream_epoch,
             base_offset=base_offset,
@@ -806,7 +534,7 @@ class FileWAL(WAL):
         """
         if epoch is None:
             epoch, session = self._epoch, self._session
-        current = _read_latest_slot(self._fd)
+        current = read_latest_slot(self._fd)
         if current is None:
             raise WalError(f"{self.path}: both header slots are unreadable")
         if current.epoch > epoch or (session is not None and current.session != session):
@@ -818,7 +546,7 @@ class FileWAL(WAL):
     def _scan_sync(self, slot: HeaderSlot) -> tuple[int, list[tuple[int, int]], int]:
         end, records = slot.trim, 0
         boundaries: list[tuple[int, int]] = []
-        for entry in _scan(
+        for entry in scan(
             self._fd, self._capacity, slot.trim, slot.trim_session, slot.session, chunk=4 * MiB
         ):
             if not boundaries or boundaries[-1][1] != entry.session:

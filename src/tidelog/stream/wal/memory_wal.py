@@ -21,7 +21,7 @@ from tidelog.stream.wal.base import (
     WalFullError,
     WalRecord,
 )
-from tidelog.stream.wal.file_wal import RECORD_HEADER_SIZE, MiB
+from tidelog.stream.wal.ring_format import RECORD_HEADER_SIZE, MiB
 
 _NAMED_STORES: dict[str, MemoryWALStore] = {}
 
