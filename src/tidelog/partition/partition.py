@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tidelog.protocol import records
+from tidelog.protocol.record_reader import record_timestamps
 from tidelog.stream.stream import Stream
 
 
@@ -70,47 +71,50 @@ class Partition:
         return self.stream.wait_for_data()
 
     async def offset_for_timestamp(self, timestamp: int) -> tuple[int, int] | None:
-        """(offset, timestamp) of the first batch whose max timestamp >= `timestamp`.
+        """(offset, timestamp) of the first record whose timestamp is >= `timestamp`.
 
-        Batch granularity: the returned offset is the first offset of the batch holding
-        such a record, so a consumer seeking by time never misses one.
+        Block and batch max timestamps skip what cannot match; only the batch that holds
+        the answer is decompressed and walked.
         """
         for start, end, max_ts in self.stream.time_ranges():
-            if max_ts >= timestamp:
-                found = await self._scan(start, end, lambda b: b.max_timestamp >= timestamp)
-                if found is not None:
-                    return found
+            if max_ts < timestamp:
+                continue
+            found = await self._first_record(
+                start, end, lambda b: b.max_timestamp >= timestamp, lambda ts: ts >= timestamp)
+            if found is not None:
+                return found
         return None
 
     async def max_timestamp(self) -> tuple[int, int] | None:
-        """(offset, timestamp) of the last batch holding the largest timestamp."""
+        """(offset, timestamp) of the first record holding the largest timestamp."""
         ranges = self.stream.time_ranges()
         if not ranges:
             return None
         best = max(r[2] for r in ranges)
-        for start, end, max_ts in reversed(ranges):
+        for start, end, max_ts in ranges:
             if max_ts == best:
-                found = await self._scan(start, end, lambda b: b.max_timestamp == best, last=True)
+                found = await self._first_record(
+                    start, end, lambda b: b.max_timestamp == best, lambda ts: ts == best)
                 if found is not None:
                     return found
         return None
 
-    async def _scan(
-        self, start: int, end: int, match: Callable[[records.BatchInfo], bool], last: bool = False
+    async def _first_record(
+        self, start: int, end: int, batch_may_match: Callable[[records.BatchInfo], bool],
+        record_matches: Callable[[int], bool],
     ) -> tuple[int, int] | None:
-        """First (or last) batch in [start, end) that `match`es: (offset, its max timestamp)."""
+        """First record in [start, end) whose timestamp matches: (offset, timestamp)."""
         offset = max(start, self.log_start_offset)
-        hit: tuple[int, int] | None = None
         while offset < end:
             bufs, nxt = await self.stream.fetch(offset, 1 << 20, end)
             if not bufs:
                 break
             for buf in bufs:
                 for b in records.iter_headers(buf):
-                    if b.last_offset >= offset and match(b):
-                        hit = (b.last_offset if last else max(b.base_offset, offset),
-                               b.max_timestamp)
-                        if not last:
-                            return hit
+                    if b.last_offset < offset or not batch_may_match(b):
+                        continue
+                    for rec_offset, ts in record_timestamps(buf, b):
+                        if rec_offset >= offset and record_matches(ts):
+                            return rec_offset, ts
             offset = nxt
-        return hit
+        return None
