@@ -135,3 +135,34 @@ async def test_deleted_stream_objects_are_collected(tmp_path: Path, store: Objec
     assert len(await meta.list("/objects/")) == 1
     assert len(await read_all(keep)) == 1
     await stop(engine, flush=True)
+
+
+async def test_trim_makes_old_objects_garbage(tmp_path: Path, store: ObjectStore) -> None:
+    clock = [0.0]
+    meta = EmbeddedMetadataStore(str(tmp_path / "meta.db"))
+    engine = StreamEngine(FileWAL(str(tmp_path / "wal"), capacity=8 << 20), store, meta,
+                          EngineConfig(gc_grace=0), describe=describe,
+                          clock=lambda: clock[0])
+    await engine.start(1)
+    p = Partition("t", 0, await engine.create_stream())
+    await p.append(batch(0))
+    await engine.upload()
+    await p.append(batch(1))
+    await engine.upload()
+    await p.stream.trim(3)  # the first object holds offsets 0-2 only
+    assert p.log_start_offset == 3
+    await engine._collect_garbage()
+    assert len(await store.list()) == 1
+    assert [records.read_header(b).base_offset for b in await read_all_from(p, 3)] == [3]
+    await stop(engine, flush=True)
+    engine2 = await open_engine(tmp_path, store, 2)
+    assert engine2.streams[p.stream.stream_id].start_offset == 3
+    await stop(engine2, flush=True)
+
+
+async def read_all_from(p: Partition, off: int) -> list[bytes]:
+    out = []
+    while off < p.high_watermark:
+        bufs, off = await p.stream.fetch(off, 1 << 20)
+        out.extend(bytes(b) for b in bufs)
+    return out

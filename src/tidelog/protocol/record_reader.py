@@ -83,3 +83,36 @@ def record_timestamps(buf: bytes | bytearray | memoryview, info: BatchInfo) -> l
         out.append((info.base_offset + off_delta, info.base_timestamp + ts_delta))
         pos = end
     return out
+
+
+def read_records(
+    buf: bytes | bytearray | memoryview, info: BatchInfo
+) -> list[tuple[int, int, bytes | None, bytes | None]]:
+    """(offset, timestamp, key, value) of every record in the batch; headers skipped.
+
+    For the broker's own internal topics and tools, not the hot path.
+    """
+    body = decompress(info.compression, bytes(buf[info.position + HEADER_SIZE :
+                                                  info.position + info.size]))
+    log_append = bool(info.attributes & TIMESTAMP_TYPE_BIT)
+    out = []
+    pos = 0
+    for _ in range(info.record_count):
+        length, pos = _varint(body, pos)
+        end = pos + length
+        pos += 1  # attributes
+        ts_delta, pos = _varint(body, pos)
+        off_delta, pos = _varint(body, pos)
+        key, pos = _bytes(body, pos)
+        value, pos = _bytes(body, pos)
+        ts = info.max_timestamp if log_append else info.base_timestamp + ts_delta
+        out.append((info.base_offset + off_delta, ts, key, value))
+        pos = end
+    return out
+
+
+def _bytes(buf: bytes, pos: int) -> tuple[bytes | None, int]:
+    n, pos = _varint(buf, pos)
+    if n < 0:
+        return None, pos
+    return buf[pos : pos + n], pos + n

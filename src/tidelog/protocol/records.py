@@ -10,6 +10,7 @@ not cover `baseOffset` or `partitionLeaderEpoch`), and assigns offsets by rewrit
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import crc32c
@@ -139,7 +140,7 @@ def assign_offsets(
 
 
 def build_batch(
-    records: list[tuple[bytes | None, bytes | None]],
+    records: Sequence[tuple[bytes | None, bytes | None]],
     base_offset: int = 0,
     timestamp: int = 0,
     attributes: int = 0,

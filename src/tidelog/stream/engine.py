@@ -181,6 +181,20 @@ class StreamEngine:
             self.index.drop_stream(stream_id)
             await self.meta.delete(_key(STREAMS, stream_id))
 
+    async def trim_stream(self, stream_id: int, new_start: int) -> None:
+        """Offsets below `new_start` are gone (retention, compaction); objects holding only
+        such offsets become garbage."""
+        async with self._upload_lock:
+            s = self.streams.get(stream_id)
+            if s is None or new_start <= s.meta.start_offset:
+                return
+            m = s.meta
+            new_start = min(new_start, s.confirm_offset)
+            new = StreamMeta(stream_id, m.epoch, new_start, m.end_offset)
+            m.version = await self.meta.put_if(_key(STREAMS, stream_id),
+                                               self._encode_meta(new), m.version)
+            m.start_offset = new_start
+
     def _encode_meta(self, m: StreamMeta) -> bytes:
         return json.dumps({"epoch": m.epoch, "start": m.start_offset,
                            "end": m.end_offset}).encode()
@@ -351,7 +365,8 @@ class StreamEngine:
     async def _collect_garbage(self) -> None:
         """Delete objects no live stream references, after a grace period for readers."""
         now = self._clock()
-        for key in self.index.unreferenced():
+        starts = {sid: s.meta.start_offset for sid, s in self.streams.items()}
+        for key in self.index.unreferenced(starts):
             first = self._garbage_seen.setdefault(key, now)
             if now - first < self.config.gc_grace:
                 continue

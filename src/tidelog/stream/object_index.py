@@ -49,10 +49,17 @@ class ObjectIndex:
     def drop_stream(self, stream_id: int) -> None:
         self._streams.pop(stream_id, None)
 
-    def unreferenced(self) -> list[str]:
-        """Objects none of whose blocks belongs to a live stream (garbage)."""
+    def unreferenced(self, starts: dict[int, int]) -> list[str]:
+        """Objects none of whose blocks holds live data (garbage): every block belongs to
+        a deleted stream or lies wholly below its stream's start offset (`starts`)."""
         return [k for k, bl in self.objects.items()
-                if not any(b.stream_id in self._streams for b in bl)]
+                if not any(b.end_offset > starts.get(b.stream_id, b.end_offset)
+                           for b in bl)]
 
     def forget_object(self, key: str) -> None:
-        self.objects.pop(key, None)
+        blocks = self.objects.pop(key, None) or []
+        for sid in {b.stream_id for b in blocks}:
+            s = self._streams.get(sid)
+            if s is not None:
+                s.blocks = [kb for kb in s.blocks if kb[0] != key]
+                s.ends = [b.end_offset for _, b in s.blocks]

@@ -92,6 +92,10 @@ class Stream:
         return await self._engine.read(self, start, self.confirm_offset if end is None else end,
                                        max_bytes)
 
+    async def trim(self, new_start: int) -> None:
+        """Drop offsets below `new_start` (they stop being readable at once)."""
+        await self._engine.trim_stream(self.stream_id, new_start)
+
     def time_ranges(self) -> list[tuple[int, int, int]]:
         """`(start, end, max_timestamp)` of every stored range, oldest first (time index)."""
         out = [(b.start_offset, b.end_offset, b.max_timestamp)
