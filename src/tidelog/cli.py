@@ -1,4 +1,5 @@
-"""`tidelog` command line: `tidelog server [--config FILE] [--set key=value ...]`."""
+"""`tidelog` command line: `tidelog server [--config FILE] [--set key=value ...]`,
+`tidelog groups list|describe GROUP [--bootstrap-server HOST:PORT]`."""
 
 from __future__ import annotations
 
@@ -27,7 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override one setting (repeatable)")
     srv.add_argument("--ready-file", help="write the bound port here once serving")
+    grp = sub.add_parser("groups", help="list consumer groups, or describe one with its lag")
+    grp.add_argument("action", choices=["list", "describe"])
+    grp.add_argument("group", nargs="?")
+    grp.add_argument("--bootstrap-server", default="localhost:9092")
     args = parser.parse_args(argv)
+    if args.command == "groups":
+        return _groups(args)
     try:
         config = Config.load(args.config, _overrides(args.set))
     except (ConfigError, OSError) as exc:
@@ -45,6 +52,28 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except OSError as exc:  # e.g. the port is taken, the data directory is not writable
         logging.getLogger("tidelog").error("cannot start: %s", exc)
+        return 1
+
+
+def _groups(args: argparse.Namespace) -> int:
+    from tidelog.tools import groups
+
+    try:
+        if args.action == "list":
+            from tidelog.tools.wire import KafkaWireClient
+
+            with KafkaWireClient(args.bootstrap_server) as client:
+                for group_id, state, kind in groups.list_groups(client):
+                    print(f"{group_id}\t{state}\t{kind or '-'}")
+            return 0
+        if not args.group:
+            print("tidelog groups describe: name a GROUP", file=sys.stderr)
+            return 2
+        state, rows = groups.describe(args.bootstrap_server, args.group)
+        groups.print_describe(sys.stdout, args.group, state, rows)
+        return 0
+    except OSError as exc:
+        print(f"tidelog: cannot reach {args.bootstrap_server}: {exc}", file=sys.stderr)
         return 1
 
 

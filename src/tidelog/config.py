@@ -30,6 +30,13 @@ DEFAULTS: dict[str, str] = {
     "message.max.bytes": str(8 << 20),
     "socket.request.max.bytes": str(100 << 20),
     "metrics.port": "0",
+    "offsets.retention.minutes": "10080",
+    "group.min.session.timeout.ms": "6000",
+    "group.max.session.timeout.ms": "1800000",
+    "group.initial.rebalance.delay.ms": "3000",
+    "group.consumer.session.timeout.ms": "45000",
+    "group.consumer.heartbeat.interval.ms": "5000",
+    "group.consumer.assignors": "uniform,range",
     "log.level": "INFO",
 }
 

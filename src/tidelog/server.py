@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 from tidelog.api.base import BrokerConfig, BrokerInfo, Context
 from tidelog.api.dispatch import Dispatcher
 from tidelog.config import Config, parse_listener
+from tidelog.coordinator.coordinator import CoordinatorConfig, GroupCoordinator
 from tidelog.metadata.base import MetadataStore
 from tidelog.metadata.uri import open_metadata
 from tidelog.metrics import start_metrics_server
@@ -55,6 +56,7 @@ class Broker:
         self.meta: MetadataStore | None = None
         self.topics: TopicManager | None = None
         self.dispatcher: Dispatcher | None = None
+        self.coordinator: GroupCoordinator | None = None
         self.metrics_port = 0
 
     async def start(self) -> None:
@@ -76,6 +78,16 @@ class Broker:
         await self.engine.start(await _bump_wal_epoch(self.meta, node_id))
         self.topics = TopicManager(self.engine, self.meta)
         await self.topics.load()
+        self.coordinator = GroupCoordinator(self.topics, CoordinatorConfig(
+            offsets_retention_ms=c.get_int("offsets.retention.minutes") * 60_000,
+            min_session_timeout_ms=c.get_int("group.min.session.timeout.ms"),
+            max_session_timeout_ms=c.get_int("group.max.session.timeout.ms"),
+            initial_rebalance_delay_ms=c.get_int("group.initial.rebalance.delay.ms"),
+            consumer_session_timeout_ms=c.get_int("group.consumer.session.timeout.ms"),
+            consumer_heartbeat_interval_ms=c.get_int("group.consumer.heartbeat.interval.ms"),
+            consumer_assignor=c.get_str("group.consumer.assignors").split(",")[0].strip(),
+        ))
+        await self.coordinator.start()
         bind = parse_listener(c.get_str("listeners"))
         advertised = parse_listener(c.get_str("advertised.listeners") or c.get_str("listeners"))
         broker_cfg = BrokerConfig(
@@ -86,7 +98,7 @@ class Broker:
         )
         info = BrokerInfo(node_id, advertised.host, advertised.port,
                           c.get_str("broker.rack") or None)
-        ctx = Context(info, self.topics, broker_cfg)
+        ctx = Context(info, self.topics, self.coordinator, broker_cfg)
         self.dispatcher = Dispatcher(ctx)
         self.listener = KafkaListener(self.dispatcher, bind.host, bind.port,
                                       c.get_int("socket.request.max.bytes"))
@@ -103,6 +115,8 @@ class Broker:
     async def stop(self) -> None:
         if self.listener is not None:
             await self.listener.stop()
+        if self.coordinator is not None:
+            await self.coordinator.stop()
         if self.engine is not None:
             await self.engine.close(flush=True)
         if self.meta is not None:

@@ -14,6 +14,7 @@ from kio.index import load_payload_module
 from kio.schema.errors import ErrorCode
 from kio.static.constants import EntityType
 
+from tidelog.coordinator.coordinator import GroupCoordinator
 from tidelog.partition.topics import TopicManager
 from tidelog.protocol.codec import RequestHeader
 
@@ -41,6 +42,7 @@ class Context:
 
     broker: BrokerInfo
     topics: TopicManager
+    coordinator: GroupCoordinator
     config: BrokerConfig = field(default_factory=BrokerConfig)
     extras: dict[str, Any] = field(default_factory=dict)
 

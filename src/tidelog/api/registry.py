@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from tidelog.api import admin, api_versions, fetch, list_offsets, metadata, produce
+from tidelog.api import (
+    admin,
+    api_versions,
+    consumer_groups,
+    fetch,
+    groups,
+    list_offsets,
+    metadata,
+    offsets,
+    produce,
+)
 from tidelog.api.base import Api
 
 ALL: list[Api] = [
@@ -12,5 +22,8 @@ ALL: list[Api] = [
     *produce.APIS,
     *fetch.APIS,
     *list_offsets.APIS,
+    *groups.APIS,
+    *consumer_groups.APIS,
+    *offsets.APIS,
 ]
 BY_KEY: dict[int, Api] = {a.key: a for a in ALL}

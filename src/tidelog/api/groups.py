@@ -1,0 +1,205 @@
+"""Group APIs: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, ListGroups,
+DescribeGroups, DeleteGroups.
+
+This broker coordinates every group and transaction, so FindCoordinator always names it.
+The classic protocol's logic lives in `coordinator.classic`; these handlers translate
+between kio's messages (every version) and its calls. A group with committed offsets but
+no classic metadata (assign + commit consumers, admin tools) is shown as Kafka shows it:
+an Empty group with no protocol type.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from tidelog.api.base import NONE, Api, Context, error, make, response_module
+from tidelog.coordinator.classic_state import GroupSummary, JoinRequest
+from tidelog.protocol.codec import RequestHeader
+
+log = logging.getLogger(__name__)
+FIND_COORDINATOR, JOIN_GROUP, HEARTBEAT, LEAVE_GROUP, SYNC_GROUP = 10, 11, 12, 13, 14
+DESCRIBE_GROUPS, LIST_GROUPS, DELETE_GROUPS = 15, 16, 42
+KEY_TYPES = {0: "group", 1: "transaction"}
+NO_OPERATIONS = -2147483648
+ZERO = timedelta(0)
+
+
+def _code(name: str | None) -> Any:
+    return NONE if name is None else error(name)
+
+
+def _ms(value: timedelta) -> int:
+    return int(value / timedelta(milliseconds=1))
+
+
+async def handle_find_coordinator(ctx: Context, header: RequestHeader, req: Any) -> Any:
+    v = header.api_version
+    mod = response_module(FIND_COORDINATOR, v)
+    b = ctx.broker
+    key_type = getattr(req, "key_type", 0)
+    code, msg = NONE, None
+    if key_type not in KEY_TYPES:
+        code, msg = error("invalid_request"), f"unsupported key type {key_type}"
+    node, host, port = (b.node_id, b.host, b.port) if code == NONE else (-1, "", -1)
+    if v >= 4:
+        coordinators = tuple(make(mod.Coordinator, key=key, node_id=node, host=host, port=port,
+                                  error_code=code, error_message=msg)
+                             for key in req.coordinator_keys)
+        return make(mod.FindCoordinatorResponse, throttle_time=ZERO, coordinators=coordinators)
+    return make(mod.FindCoordinatorResponse, throttle_time=ZERO, error_code=code,
+                error_message=msg, node_id=node, host=host, port=port)
+
+
+async def handle_join_group(ctx: Context, header: RequestHeader, req: Any) -> Any:
+    v = header.api_version
+    mod = response_module(JOIN_GROUP, v)
+    session = _ms(req.session_timeout)
+    result = await ctx.coordinator.classic.join(JoinRequest(
+        group_id=req.group_id, member_id=req.member_id,
+        instance_id=getattr(req, "group_instance_id", None),
+        client_id=header.client_id or "", client_host="",
+        session_timeout_ms=session,
+        rebalance_timeout_ms=_ms(req.rebalance_timeout) if v >= 1 else session,
+        protocol_type=req.protocol_type,
+        protocols=tuple((p.name, p.metadata) for p in req.protocols),
+        require_known_member_id=v >= 4, can_skip_assignment=v >= 9))
+    protocol_name = result.protocol_name
+    if protocol_name is None and v < 7:
+        protocol_name = ""  # not nullable before v7
+    members = tuple(make(mod.JoinGroupResponseMember, member_id=mid, group_instance_id=iid,
+                         metadata=meta) for mid, iid, meta in result.members)
+    return make(mod.JoinGroupResponse, throttle_time=ZERO, error_code=_code(result.error),
+                generation_id=result.generation, protocol_type=result.protocol_type,
+                protocol_name=protocol_name, leader=result.leader,
+                skip_assignment=result.skip_assignment, member_id=result.member_id,
+                members=members)
+
+
+async def handle_sync_group(ctx: Context, header: RequestHeader, req: Any) -> Any:
+    mod = response_module(SYNC_GROUP, header.api_version)
+    result = await ctx.coordinator.classic.sync(
+        req.group_id, req.generation_id, req.member_id,
+        getattr(req, "group_instance_id", None), getattr(req, "protocol_type", None),
+        getattr(req, "protocol_name", None),
+        {a.member_id: a.assignment for a in req.assignments})
+    return make(mod.SyncGroupResponse, throttle_time=ZERO, error_code=_code(result.error),
+                protocol_type=result.protocol_type, protocol_name=result.protocol_name,
+                assignment=result.assignment)
+
+
+async def handle_heartbeat(ctx: Context, header: RequestHeader, req: Any) -> Any:
+    mod = response_module(HEARTBEAT, header.api_version)
+    err = ctx.coordinator.classic.heartbeat(req.group_id, req.member_id,
+                                            getattr(req, "group_instance_id", None),
+                                            req.generation_id)
+    return make(mod.HeartbeatResponse, throttle_time=ZERO, error_code=_code(err))
+
+
+async def handle_leave_group(ctx: Context, header: RequestHeader, req: Any) -> Any:
+    v = header.api_version
+    mod = response_module(LEAVE_GROUP, v)
+    if v < 3:
+        leaving: list[tuple[str, str | None]] = [(req.member_id, None)]
+    else:
+        leaving = [(m.member_id, m.group_instance_id) for m in req.members]
+    errors = await ctx.coordinator.classic.leave(req.group_id, leaving)
+    if v < 3:  # one member: its error is the response's
+        return make(mod.LeaveGroupResponse, throttle_time=ZERO, error_code=_code(errors[0]))
+    members = tuple(make(mod.MemberResponse, member_id=mid, group_instance_id=iid,
+                         error_code=_code(err))
+                    for (mid, iid), err in zip(leaving, errors, strict=True))
+    return make(mod.LeaveGroupResponse, throttle_time=ZERO, error_code=NONE, members=members)
+
+
+def _all_groups(ctx: Context) -> list[tuple[str, str, str, str]]:
+    """(group id, state, protocol type, group type) of every group this broker knows."""
+    coord = ctx.coordinator
+    out = [(g, state, ptype, "classic") for g, state, ptype in coord.classic.list()]
+    out += [(g, state, ptype, "consumer") for g, state, ptype in coord.consumer.list()]
+    known = {g for g, *_ in out}
+    out += [(g, "Empty", "", "classic") for g in sorted(coord.offsets.groups() - known)]
+    return out
+
+
+async def handle_list_groups(ctx: Context, header: RequestHeader, req: Any) -> Any:
+    mod = response_module(LIST_GROUPS, header.api_version)
+    states = {s.lower() for s in getattr(req, "states_filter", ())}
+    types = {t.lower() for t in getattr(req, "types_filter", ())}
+    groups = tuple(
+        make(mod.ListedGroup, group_id=g, protocol_type=ptype, group_state=state,
+             group_type=gtype)
+        for g, state, ptype, gtype in _all_groups(ctx)
+        if (not states or state.lower() in states) and (not types or gtype in types))
+    return make(mod.ListGroupsResponse, throttle_time=ZERO, error_code=NONE, groups=groups)
+
+
+def _described(mod: Any, version: int, group_id: str, summary: GroupSummary | None,
+               why: str = "not found") -> Any:
+    if summary is None:
+        if version >= 6:  # KIP-1043; older versions describe an unknown group as Dead
+            return make(mod.DescribedGroup, error_code=error("group_id_not_found"),
+                        error_message=f"group {group_id} {why}",
+                        group_id=group_id, group_state="Dead", protocol_type="",
+                        protocol_data="", members=(), authorized_operations=NO_OPERATIONS)
+        summary = GroupSummary(group_id, "Dead", "", "", ())
+    members = tuple(make(mod.DescribedGroupMember, member_id=m.member_id,
+                         group_instance_id=m.instance_id, client_id=m.client_id,
+                         client_host=m.client_host, member_metadata=m.metadata,
+                         member_assignment=m.assignment) for m in summary.members)
+    return make(mod.DescribedGroup, error_code=NONE, error_message=None, group_id=group_id,
+                group_state=summary.state, protocol_type=summary.protocol_type,
+                protocol_data=summary.protocol, members=members,
+                authorized_operations=NO_OPERATIONS)
+
+
+async def handle_describe_groups(ctx: Context, header: RequestHeader, req: Any) -> Any:
+    v = header.api_version
+    mod = response_module(DESCRIBE_GROUPS, v)
+    coord = ctx.coordinator
+    out = []
+    for group_id in req.groups:
+        summary = coord.classic.describe(group_id)
+        if coord.consumer.has(group_id):
+            out.append(_described(mod, v, group_id, None, "is not a classic group"))
+            continue
+        if summary is None and group_id in coord.offsets.groups():
+            summary = GroupSummary(group_id, "Empty", "", "", ())
+        out.append(_described(mod, v, group_id, summary))
+    return make(mod.DescribeGroupsResponse, throttle_time=ZERO, groups=tuple(out))
+
+
+async def _delete_group(ctx: Context, group_id: str) -> str | None:
+    coord = ctx.coordinator
+    err: str | None = await coord.consumer.delete(group_id)  # a KIP-848 group, if any
+    if err == "group_id_not_found":
+        err = await coord.classic.delete(group_id)
+    if err == "group_id_not_found" and group_id in coord.offsets.groups():
+        err = None  # a group with offsets only
+    if err is None:
+        await coord.offsets.delete_group(group_id)
+    return err
+
+
+async def handle_delete_groups(ctx: Context, header: RequestHeader, req: Any) -> Any:
+    mod = response_module(DELETE_GROUPS, header.api_version)
+    results = []
+    for group_id in req.groups_names:
+        err = await _delete_group(ctx, group_id)
+        if err is not None:
+            log.info("DeleteGroups %s: %s", group_id, err)
+        results.append(make(mod.DeletableGroupResult, group_id=group_id, error_code=_code(err)))
+    return make(mod.DeleteGroupsResponse, throttle_time=ZERO, results=tuple(results))
+
+
+APIS = [
+    Api(FIND_COORDINATOR, 0, 6, handle_find_coordinator),
+    Api(JOIN_GROUP, 0, 9, handle_join_group),
+    Api(HEARTBEAT, 0, 4, handle_heartbeat),
+    Api(LEAVE_GROUP, 0, 5, handle_leave_group),
+    Api(SYNC_GROUP, 0, 5, handle_sync_group),
+    Api(DESCRIBE_GROUPS, 0, 6, handle_describe_groups),
+    Api(LIST_GROUPS, 0, 5, handle_list_groups),
+    Api(DELETE_GROUPS, 0, 2, handle_delete_groups),
+]
