@@ -43,7 +43,7 @@ def test_describe_shows_lag(broker_factory: type[BrokerProcess]) -> None:
         rows = {tuple(line.split()[1:3]): line.split() for line in out.splitlines()[2:]}
         p0 = rows[("lagged", "0")]
         assert p0[3:6] == ["3", "5", "2"]  # current, log end, lag
-        assert "lag-client" in p0
+        assert "lag-client" in p0 and "/127.0.0.1" in p0  # client id and host
         assert "laggy" in cli("groups", "list", "--bootstrap-server", broker.bootstrap)
     finally:
         c.close()

@@ -51,7 +51,7 @@ async def handle_heartbeat(ctx: Context, header: RequestHeader, req: Any) -> Any
                                 if req.subscribed_topic_names is not None else None),
         subscribed_topic_regex=getattr(req, "subscribed_topic_regex", None),
         server_assignor=req.server_assignor, owned=owned,
-        client_id=header.client_id or ""))
+        client_id=header.client_id or "", client_host=header.client_host))
     if resp.error is not None:
         return fail(resp.error, resp.message or "")
     assignment = None

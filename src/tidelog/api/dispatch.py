@@ -23,7 +23,9 @@ class Dispatcher:
         ctx.extras["apis"] = ALL
         self.by_api: dict[int, int] = {}
 
-    async def __call__(self, frame: bytes) -> bytes | list[bytes | bytearray | memoryview] | None:
+    async def __call__(
+        self, frame: bytes, client_host: str = ""
+    ) -> bytes | list[bytes | bytearray | memoryview] | None:
         head = peek_header(frame)
         api = BY_KEY.get(head.api_key)
         if api is None:
@@ -42,6 +44,7 @@ class Dispatcher:
             raise ProtocolViolation(
                 f"malformed request (api key {head.api_key} v{version}): {exc!r}") from exc
         self.by_api[head.api_key] = self.by_api.get(head.api_key, 0) + 1
+        header.client_host = client_host
         resp = await api.handler(self.ctx, header, req)
         if resp is NO_RESPONSE:
             return None

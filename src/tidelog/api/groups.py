@@ -59,7 +59,7 @@ async def handle_join_group(ctx: Context, header: RequestHeader, req: Any) -> An
     result = await ctx.coordinator.classic.join(JoinRequest(
         group_id=req.group_id, member_id=req.member_id,
         instance_id=getattr(req, "group_instance_id", None),
-        client_id=header.client_id or "", client_host="",
+        client_id=header.client_id or "", client_host=header.client_host,
         session_timeout_ms=session,
         rebalance_timeout_ms=_ms(req.rebalance_timeout) if v >= 1 else session,
         protocol_type=req.protocol_type,

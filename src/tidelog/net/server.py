@@ -16,10 +16,10 @@ from tidelog.protocol.codec import FrameError, FrameReader
 
 log = logging.getLogger(__name__)
 
-# frame bytes -> response frame (bytes, or buffers to write in one go), or None when no
-# response is due (acks=0)
+# (frame bytes, peer host) -> response frame (bytes, or buffers to write in one go), or
+# None when no response is due (acks=0)
 Response = bytes | list[bytes | bytearray | memoryview] | None
-Dispatch = Callable[[bytes], Awaitable[Response]]
+Dispatch = Callable[[bytes, str], Awaitable[Response]]
 
 MAX_IN_FLIGHT = 64
 
@@ -35,16 +35,20 @@ class KafkaConnection(asyncio.Protocol):
         self._write_paused = False
         self._on_close = on_close
         self.peer = "?"
+        self.peer_host = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
-        self.peer = str(transport.get_extra_info("peername"))
+        peername = transport.get_extra_info("peername")
+        self.peer = str(peername)
+        if isinstance(peername, tuple) and peername:
+            self.peer_host = "/" + str(peername[0])  # Kafka's form: "/127.0.0.1"
 
     def data_received(self, data: bytes) -> None:
         self._reader.receive_data(data)
         try:
             while (frame := self._reader.next_frame()) is not None:
-                task = asyncio.ensure_future(self._dispatch(frame))
+                task = asyncio.ensure_future(self._dispatch(frame, self.peer_host))
                 task.add_done_callback(self._request_done)
                 self._pending.append(task)
         except FrameError as exc:

@@ -33,6 +33,8 @@ class RequestHeader:
     api_version: int
     correlation_id: int
     client_id: str | None
+    client_host: str = ""
+    """The peer's address as the listener saw it (DescribeGroups reports it)."""
 
 
 class FrameReader:
