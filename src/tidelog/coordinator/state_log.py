@@ -1,5 +1,5 @@
-"""The coordinators' durable state: a key-value log in the internal topic
-`__consumer_offsets`, on the same stream engine as user data (WAL, then objects).
+"""The coordinators' durable state: a key-value log in an internal topic
+(`__consumer_offsets` for groups, `__transaction_state` for transactions), on the same stream engine as user data (WAL, then objects).
 
 Vocabulary:
 - *entry*: `(key, value)`; a `None` value is a tombstone that deletes the key.
@@ -33,8 +33,9 @@ MAX_BATCH_RECORDS = 1000
 
 class StateLog:
     def __init__(self, topics: TopicManager, compact_ratio: float = 4.0,
-                 compact_min_records: int = 10_000) -> None:
+                 compact_min_records: int = 10_000, topic: str = TOPIC) -> None:
         self._topics = topics
+        self.topic = topic
         self._partition: Partition | None = None
         self._live: dict[bytes, bytes] = {}
         self._records = 0  # records since the start of the stream
@@ -53,12 +54,12 @@ class StateLog:
 
     async def load(self) -> dict[bytes, bytes]:
         """Create the internal topic if needed and replay it: the latest value per key."""
-        topic = self._topics.get(TOPIC)
+        topic = self._topics.get(self.topic)
         if topic is None:
             try:
-                topic = await self._topics.create(TOPIC, 1, {"cleanup.policy": "compact"})
+                topic = await self._topics.create(self.topic, 1, {"cleanup.policy": "compact"})
             except TopicError:
-                topic = self._topics.get(TOPIC)
+                topic = self._topics.get(self.topic)
             assert topic is not None
         topic.internal = True
         self._partition = topic.partitions[0]
@@ -78,7 +79,8 @@ class StateLog:
                             self._live.pop(key, None)
                         else:
                             self._live[key] = value
-        log.info("%s: %d live keys from %d records", TOPIC, len(self._live), self._records)
+        log.info("%s: %d live keys from %d records", self.topic, len(self._live),
+                 self._records)
         return dict(self._live)
 
     async def write(self, entries: Sequence[tuple[bytes, bytes | None]]) -> None:
@@ -120,7 +122,7 @@ class StateLog:
                                            timestamp=_now_ms()))
             await p.stream.trim(start)
             self._records = len(live)
-            log.info("%s compacted to %d live keys", TOPIC, len(live))
+            log.info("%s compacted to %d live keys", self.topic, len(live))
         finally:
             async with self._changed:
                 self._compacting = False

@@ -227,6 +227,10 @@ class StreamEngine:
                 raise StorageError(self._failed)
         self._inflight += need
 
+    def release(self, nbytes: int) -> None:
+        """Give back a reservation whose append was cancelled before reaching the WAL."""
+        self._inflight -= 2 * (nbytes + RECORD_OVERHEAD)
+
     async def wal_append(self, entry: CacheEntry, epoch: int) -> int:
         """Append a reserved entry; releases its reservation whatever happens."""
         try:
@@ -238,7 +242,7 @@ class StreamEngine:
             self.fail(f"WAL append failed: {exc!r}")
             raise StorageError(self._failed) from exc
         finally:
-            self._inflight -= 2 * (len(entry.payload) + RECORD_OVERHEAD)
+            self.release(len(entry.payload))
 
     def fail(self, reason: str) -> None:
         if self._failed is None:

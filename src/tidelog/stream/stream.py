@@ -69,7 +69,14 @@ class Stream:
         engine = self._engine
         await engine.reserve(len(payload), timeout)
         base = self.next_offset
-        assign(base)
+        try:
+            # The caller's last word before the offsets are taken: it runs with no await
+            # before the enqueue, so checks it makes (e.g. producer sequences) cannot race
+            # another append; raising cancels this append.
+            assign(base)
+        except BaseException:
+            engine.release(len(payload))
+            raise
         last = base + count - 1
         self.next_offset = last + 1
         entry = CacheEntry(self.stream_id, base, last, payload, max_timestamp, record_count)
