@@ -1,5 +1,6 @@
 """The coordinators' durable state: a key-value log in an internal topic
-(`__consumer_offsets` for groups, `__transaction_state` for transactions), on the same stream engine as user data (WAL, then objects).
+(`__consumer_offsets` for groups, `__transaction_state` for transactions), on the same
+stream engine as user data (WAL, then objects).
 
 Vocabulary:
 - *entry*: `(key, value)`; a `None` value is a tombstone that deletes the key.
