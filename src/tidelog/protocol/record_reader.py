@@ -70,19 +70,7 @@ def record_timestamps(buf: bytes | bytearray | memoryview, info: BatchInfo) -> l
     """(offset, timestamp) of every record in the batch `info` describes."""
     if info.attributes & TIMESTAMP_TYPE_BIT:  # LogAppendTime: one time for the batch
         return [(info.base_offset + i, info.max_timestamp) for i in range(info.record_count)]
-    body = decompress(info.compression, bytes(buf[info.position + HEADER_SIZE :
-                                                  info.position + info.size]))
-    out = []
-    pos = 0
-    for _ in range(info.record_count):
-        length, pos = _varint(body, pos)
-        end = pos + length
-        pos += 1  # attributes
-        ts_delta, pos = _varint(body, pos)
-        off_delta, pos = _varint(body, pos)
-        out.append((info.base_offset + off_delta, info.base_timestamp + ts_delta))
-        pos = end
-    return out
+    return [(offset, ts) for offset, ts, _key, _value in read_records(buf, info)]
 
 
 def read_records(
