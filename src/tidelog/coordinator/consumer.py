@@ -291,14 +291,7 @@ class ConsumerGroups:
         m = g.members.get(member_id)
         if req.member_epoch != 0:
             if req.instance_id is not None:
-                holder = g.static.get(req.instance_id)
-                if holder is None:
-                    raise GroupError("unknown_member_id",
-                                     f"Instance id {req.instance_id} is unknown.")
-                if holder != member_id:
-                    raise GroupError("fenced_instance_id",
-                                     f"Static member {member_id} with instance id "
-                                     f"{req.instance_id} was fenced by member {holder}.")
+                _check_static_holder(g.static.get(req.instance_id), req.instance_id, member_id)
             if m is None:
                 raise GroupError("unknown_member_id",
                                  f"Member {member_id} is not a member of group {g.group_id}.")
@@ -381,14 +374,8 @@ class ConsumerGroups:
         g = self.groups.get(req.group_id)
         member_id = req.member_id
         if req.member_epoch == STATIC_LEAVE_EPOCH or req.instance_id is not None:
-            holder = g.static.get(req.instance_id or "") if g is not None else None
-            if holder is None:
-                raise GroupError("unknown_member_id",
-                                 f"Instance id {req.instance_id} is unknown.")
-            if holder != member_id:
-                raise GroupError("fenced_instance_id",
-                                 f"Static member {member_id} with instance id "
-                                 f"{req.instance_id} was fenced by member {holder}.")
+            _check_static_holder(g.static.get(req.instance_id or "") if g is not None else None,
+                                 req.instance_id, member_id)
         if g is None or member_id not in g.members:
             raise GroupError("unknown_member_id",
                              f"Member {member_id} is not a member of group {req.group_id}.")
@@ -487,3 +474,13 @@ def partitions_of(owned: Iterable[tuple[uuid.UUID, Iterable[int]]]) -> Partition
         out[tid] = out.get(tid, frozenset()) | frozenset(ps)
     return out
 
+
+
+def _check_static_holder(holder: str | None, instance_id: str | None, member_id: str) -> None:
+    """A static member's heartbeat must come from the member holding its instance id."""
+    if holder is None:
+        raise GroupError("unknown_member_id", f"Instance id {instance_id} is unknown.")
+    if holder != member_id:
+        raise GroupError("fenced_instance_id",
+                         f"Static member {member_id} with instance id {instance_id} was "
+                         f"fenced by member {holder}.")
