@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -82,6 +83,8 @@ def main() -> None:
         print(f"broker RSS: max {max(samples):.0f} MiB, last {samples[-1]:.0f} MiB")
     finally:
         broker.stop()
+        if not args.dir:  # the WAL file alone is wal.capacity bytes
+            shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":

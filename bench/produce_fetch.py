@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -162,6 +163,8 @@ def main() -> None:
               f"({n:,} messages)")
     finally:
         broker.stop()
+        if not args.dir:  # the WAL file alone is wal.capacity bytes
+            shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":

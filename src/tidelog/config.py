@@ -31,12 +31,15 @@ DEFAULTS: dict[str, str] = {
     "socket.request.max.bytes": str(100 << 20),
     "metrics.port": "0",
     "offsets.retention.minutes": "10080",
+    "producer.id.expiration.ms": "86400000",
     "group.min.session.timeout.ms": "6000",
     "group.max.session.timeout.ms": "1800000",
     "group.initial.rebalance.delay.ms": "3000",
     "group.consumer.session.timeout.ms": "45000",
     "group.consumer.heartbeat.interval.ms": "5000",
     "group.consumer.assignors": "uniform,range",
+    "transaction.max.timeout.ms": "900000",
+    "transactional.id.expiration.ms": "604800000",
     "log.level": "INFO",
 }
 

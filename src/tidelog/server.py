@@ -14,6 +14,7 @@ from tidelog.api.base import BrokerConfig, BrokerInfo, Context
 from tidelog.api.dispatch import Dispatcher
 from tidelog.config import Config, parse_listener
 from tidelog.coordinator.coordinator import CoordinatorConfig, GroupCoordinator
+from tidelog.coordinator.transactions import TransactionCoordinator, TxnConfig
 from tidelog.metadata.base import MetadataStore
 from tidelog.metadata.uri import open_metadata
 from tidelog.metrics import start_metrics_server
@@ -57,6 +58,7 @@ class Broker:
         self.topics: TopicManager | None = None
         self.dispatcher: Dispatcher | None = None
         self.coordinator: GroupCoordinator | None = None
+        self.transactions: TransactionCoordinator | None = None
         self.metrics_port = 0
 
     async def start(self) -> None:
@@ -76,7 +78,8 @@ class Broker:
             append_timeout=c.get_int("append.timeout.ms") / 1000,
         ), describe=describe)
         await self.engine.start(await _bump_wal_epoch(self.meta, node_id))
-        self.topics = TopicManager(self.engine, self.meta)
+        self.topics = TopicManager(self.engine, self.meta,
+                                   c.get_int("producer.id.expiration.ms"))
         await self.topics.load()
         self.coordinator = GroupCoordinator(self.topics, CoordinatorConfig(
             offsets_retention_ms=c.get_int("offsets.retention.minutes") * 60_000,
@@ -88,6 +91,11 @@ class Broker:
             consumer_assignor=c.get_str("group.consumer.assignors").split(",")[0].strip(),
         ))
         await self.coordinator.start()
+        self.transactions = TransactionCoordinator(self.topics, self.coordinator.offsets, TxnConfig(
+            max_timeout_ms=c.get_int("transaction.max.timeout.ms"),
+            id_expiration_ms=c.get_int("transactional.id.expiration.ms"),
+        ))
+        await self.transactions.start()
         bind = parse_listener(c.get_str("listeners"))
         advertised = parse_listener(c.get_str("advertised.listeners") or c.get_str("listeners"))
         broker_cfg = BrokerConfig(
@@ -98,7 +106,8 @@ class Broker:
         )
         info = BrokerInfo(node_id, advertised.host, advertised.port,
                           c.get_str("broker.rack") or None)
-        ctx = Context(info, self.topics, self.coordinator, broker_cfg)
+        ctx = Context(info, self.topics, self.coordinator, broker_cfg,
+                      transactions=self.transactions)
         self.dispatcher = Dispatcher(ctx)
         self.listener = KafkaListener(self.dispatcher, bind.host, bind.port,
                                       c.get_int("socket.request.max.bytes"))
@@ -115,8 +124,15 @@ class Broker:
     async def stop(self) -> None:
         if self.listener is not None:
             await self.listener.stop()
+        if self.transactions is not None:
+            await self.transactions.stop()
         if self.coordinator is not None:
             await self.coordinator.stop()
+        if self.topics is not None:
+            try:  # a restart then needs no scan of the log to rebuild producer state
+                await self.topics.snapshot_producers()
+            except Exception as exc:  # the log still has it all: only the restart is slower
+                log.warning("producer state snapshot failed: %r", exc)
         if self.engine is not None:
             await self.engine.close(flush=True)
         if self.meta is not None:

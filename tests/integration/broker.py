@@ -33,7 +33,8 @@ class BrokerProcess:
             "wal.uri": f"file://{self.data_dir}/wal",
             "objectstore.uri": f"file://{self.data_dir}/objects",
             "metadata.uri": f"embedded://{self.data_dir}",
-            "wal.capacity": str(256 << 20),
+            # small: a test run starts ~100 brokers, each WAL file is preallocated
+            "wal.capacity": str(64 << 20),
             **self.settings,
         }
         args = [sys.executable, "-m", "tidelog.cli", "server", "--ready-file", str(ready)]

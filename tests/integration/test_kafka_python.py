@@ -12,7 +12,6 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import OffsetSpec
 from kafka.errors import (
-    KafkaError,
     KafkaTimeoutError,
     TopicAlreadyExistsError,
     UnknownTopicOrPartitionError,
@@ -250,9 +249,6 @@ def test_acks_zero(broker: BrokerProcess, admin: KafkaAdminClient) -> None:
     check(sent, placed_by_consumer(sent, got), got)
 
 
-@pytest.mark.xfail(strict=True, raises=KafkaError,
-                   reason="no InitProducerId (idempotent producer) yet: kafka-python's default "
-                          "producer aborts every batch; when this passes, drop NO_IDEMPOTENCE")
 def test_default_idempotent_producer(broker: BrokerProcess, admin: KafkaAdminClient) -> None:
     create_topic(admin, "kp-idem", 1)
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap)

@@ -37,6 +37,6 @@ def test_metrics_after_produce(broker_factory: type[BrokerProcess]) -> None:
     assert m['tidelog_requests_total{api="0"}'] >= 1  # Produce
     assert m['tidelog_requests_total{api="3"}'] >= 1  # Metadata
     assert m["tidelog_wal_records_total"] >= 1
-    assert m["tidelog_topics"] == 2  # "metered" and the internal __consumer_offsets
+    assert m["tidelog_topics"] == 3  # "metered", __consumer_offsets, __transaction_state
     assert m["tidelog_wal_used_bytes"] > 0
     assert m["tidelog_storage_failed"] == 0

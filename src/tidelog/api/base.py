@@ -15,6 +15,7 @@ from kio.schema.errors import ErrorCode
 from kio.static.constants import EntityType
 
 from tidelog.coordinator.coordinator import GroupCoordinator
+from tidelog.coordinator.transactions import TransactionCoordinator
 from tidelog.partition.topics import TopicManager
 from tidelog.protocol.codec import RequestHeader
 
@@ -44,6 +45,7 @@ class Context:
     topics: TopicManager
     coordinator: GroupCoordinator
     config: BrokerConfig = field(default_factory=BrokerConfig)
+    transactions: TransactionCoordinator | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 

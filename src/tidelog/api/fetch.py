@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from kio.schema.errors import ErrorCode
@@ -100,10 +101,11 @@ async def handle_fetch(ctx: Context, header: RequestHeader, req: Any) -> Any:
                                       ctx.config.fetch_max_wait_cap)
     min_bytes = max(req.min_bytes, 1)
     max_bytes = req.max_bytes if req.max_bytes > 0 else 0x7FFFFFFF
+    committed = getattr(req, "isolation_level", 0) == 1
     while True:
-        results = await _read_all(ctx, wanted, max_bytes)
-        total = sum(r[4] for r in results.values())
-        has_error = any(r[0] != NONE for r in results.values())
+        results = await _read_all(ctx, wanted, max_bytes, committed)
+        total = sum(r.size for r in results.values())
+        has_error = any(r.code != NONE for r in results.values())
         remaining = deadline - time.monotonic()
         if total >= min_bytes or has_error or remaining <= 0 or not wanted:
             break
@@ -115,17 +117,18 @@ async def handle_fetch(ctx: Context, header: RequestHeader, req: Any) -> Any:
             w.cancel()
 
     by_topic: dict[str, TopicOut] = {}
-    for key, (code, hw, start, bufs, _n) in results.items():
+    for key, r in results.items():
         sp = wanted[key]
-        if incremental and not bufs and code == NONE and hw == sp.last_hw and (
-                start == sp.last_start):
+        if incremental and not r.bufs and r.code == NONE and r.hw == sp.last_hw and (
+                r.start == sp.last_start):
             continue  # unchanged: an incremental response leaves it out
-        sp.last_hw, sp.last_start = hw, start
+        sp.last_hw, sp.last_start = r.hw, r.start
         out = by_topic.get(key[0])
         if out is None:
             t = ctx.topics.get(key[0])
             out = by_topic[key[0]] = TopicOut(key[0], t.topic_id if t else None)
-        out.partitions.append(PartitionOut(key[1], code.value, hw, hw, start, bufs))
+        out.partitions.append(PartitionOut(key[1], r.code.value, r.hw, r.lso, r.start, r.bufs,
+                                           r.aborted))
     topics = list(by_topic.values())
     for topic_id, index in unknown:
         topics.append(TopicOut("", topic_id, [PartitionOut(
@@ -134,47 +137,62 @@ async def handle_fetch(ctx: Context, header: RequestHeader, req: Any) -> Any:
                                          session_id=session.session_id if session else 0))
 
 
+@dataclass(slots=True)
+class Read:
+    code: ErrorCode
+    hw: int
+    lso: int
+    start: int
+    bufs: list[Any]
+    size: int = 0
+    aborted: list[tuple[int, int]] | None = None
+
+
 async def _read_all(
-    ctx: Context, wanted: dict[PartitionKey, SessionPartition], max_bytes: int
-) -> dict[PartitionKey, tuple[ErrorCode, int, int, list[Any], int]]:
+    ctx: Context, wanted: dict[PartitionKey, SessionPartition], max_bytes: int,
+    committed: bool,
+) -> dict[PartitionKey, Read]:
     """Read every partition concurrently; the response size limit is applied in order."""
     keys = list(wanted)
     parts = [ctx.topics.partition(*k) for k in keys]
-    reads = await asyncio.gather(*(_read_one(p, wanted[k]) for k, p in zip(keys, parts,
-                                                                          strict=True)))
-    out: dict[PartitionKey, tuple[ErrorCode, int, int, list[Any], int]] = {}
+    reads = await asyncio.gather(*(_read_one(p, wanted[k], committed)
+                                   for k, p in zip(keys, parts, strict=True)))
+    out: dict[PartitionKey, Read] = {}
     budget = max_bytes
     any_taken = False  # the first batch of a response goes out whatever its size (KIP-74)
-    for k, (code, hw, start, bufs) in zip(keys, reads, strict=True):
+    for k, r in zip(keys, reads, strict=True):
         taken: list[Any] = []
         n = 0
-        for b in bufs:
+        for b in r.bufs:
             if any_taken and len(b) > budget:
                 break
             taken.append(b)
             n += len(b)
             budget -= len(b)
             any_taken = True
-        out[k] = (code, hw, start, taken, n)
+        r.bufs, r.size = taken, n
+        out[k] = r
     return out
 
 
-async def _read_one(
-    p: Partition | None, sp: SessionPartition
-) -> tuple[ErrorCode, int, int, list[Any]]:
+async def _read_one(p: Partition | None, sp: SessionPartition, committed: bool) -> Read:
+    """Read one partition; read_committed stops at the last stable offset and lists the
+    aborted transactions below it."""
     if p is None:
-        return error("unknown_topic_or_partition"), -1, -1, []
-    hw, start = p.high_watermark, p.log_start_offset
+        return Read(error("unknown_topic_or_partition"), -1, -1, -1, [])
+    hw, lso, start = p.high_watermark, p.last_stable_offset, p.log_start_offset
     if sp.fetch_offset < start or sp.fetch_offset > hw:
-        return error("offset_out_of_range"), hw, start, []
-    if sp.fetch_offset == hw:
-        return NONE, hw, start, []
+        return Read(error("offset_out_of_range"), hw, lso, start, [])
+    end = lso if committed else hw
+    aborted = p.aborted_transactions(sp.fetch_offset, end) if committed else None
+    if sp.fetch_offset >= end:
+        return Read(NONE, hw, lso, start, [], aborted=aborted)
     try:
-        bufs = await p.read(sp.fetch_offset, sp.max_bytes)
+        bufs = await p.read(sp.fetch_offset, sp.max_bytes, end)
     except Exception as exc:  # an object read failed: the client retries
         log.warning("fetch %s-%d@%d failed: %r", p.topic, p.index, sp.fetch_offset, exc)
-        return error("kafka_storage_error"), hw, start, []
-    return NONE, hw, start, bufs
+        return Read(error("kafka_storage_error"), hw, lso, start, [])
+    return Read(NONE, hw, lso, start, bufs, aborted=aborted)
 
 
 APIS = [Api(FETCH, 4, 16, handle_fetch)]

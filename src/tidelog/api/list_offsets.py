@@ -1,5 +1,5 @@
-"""ListOffsets: earliest (-2), latest (-1), max timestamp (-3), or the first offset at or
-after a timestamp."""
+"""ListOffsets: earliest (-2), latest (-1: the high watermark, or the last stable offset for
+read_committed), max timestamp (-3), or the first offset at or after a timestamp."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ LIST_OFFSETS = 2
 LATEST, EARLIEST, MAX_TIMESTAMP = -1, -2, -3
 
 
-async def _lookup(ctx: Context, name: str, index: int, ts: int) -> tuple[Any, int, int]:
-    """(error, offset, timestamp)."""
+async def _lookup(ctx: Context, name: str, index: int, ts: int,
+                  committed: bool) -> tuple[Any, int, int]:
+    """(error, offset, timestamp); `committed`: read_committed (latest is the LSO)."""
     p = ctx.topics.partition(name, index)
     if p is None:
         return error("unknown_topic_or_partition"), -1, -1
     if ts == LATEST:
-        return NONE, p.high_watermark, -1
+        return NONE, p.last_stable_offset if committed else p.high_watermark, -1
     if ts == EARLIEST or ts == -4:  # -4: earliest local, the same here
         return NONE, p.log_start_offset, -1
     if ts == MAX_TIMESTAMP:
@@ -36,11 +37,13 @@ async def _lookup(ctx: Context, name: str, index: int, ts: int) -> tuple[Any, in
 
 async def handle_list_offsets(ctx: Context, header: RequestHeader, req: Any) -> Any:
     mod = response_module(LIST_OFFSETS, header.api_version)
+    committed = getattr(req, "isolation_level", 0) == 1
     topics = []
     for t in req.topics:
         parts = []
         for p in t.partitions:
-            code, offset, ts = await _lookup(ctx, t.name, p.partition_index, p.timestamp)
+            code, offset, ts = await _lookup(ctx, t.name, p.partition_index, p.timestamp,
+                                           committed)
             part = ctx.topics.partition(t.name, p.partition_index)
             parts.append(make(mod.ListOffsetsPartitionResponse, partition_index=p.partition_index,
                               error_code=code, timestamp=ts, offset=offset,

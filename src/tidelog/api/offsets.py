@@ -94,10 +94,13 @@ async def handle_offset_commit(ctx: Context, header: RequestHeader, req: Any) ->
     return make(mod.OffsetCommitResponse, throttle_time=timedelta(0), topics=topics)
 
 
+Row = tuple[int, int, int, str, ErrorCode]  # partition, offset, leader epoch, metadata, error
+
+
 def _fetch_group(ctx: Context, group_id: str, topics: Iterable[Any] | None,
-                 member_id: str | None, member_epoch: int
-                 ) -> tuple[ErrorCode, list[tuple[str, list[tuple[int, int, int, str]]]]]:
-    """(group error, [(topic, [(partition, offset, leader epoch, metadata)])])."""
+                 member_id: str | None, member_epoch: int, require_stable: bool = False
+                 ) -> tuple[ErrorCode, list[tuple[str, list[Row]]]]:
+    """(group error, [(topic, [(partition, offset, leader epoch, metadata, error)])])."""
     if not group_id:
         return error("invalid_group_id"), []
     coord = ctx.coordinator
@@ -115,13 +118,18 @@ def _fetch_group(ctx: Context, group_id: str, topics: Iterable[Any] | None,
         wanted = list(by_topic.items())
     else:
         wanted = [(t.name, list(t.partition_indexes)) for t in topics]
+    unstable = (ctx.transactions.pending_offsets(group_id)
+                if require_stable and ctx.transactions is not None else set())
     out = []
     for topic, partitions in wanted:
-        rows = []
+        rows: list[Row] = []
         for partition in partitions:
+            if (topic, partition) in unstable:
+                rows.append((partition, -1, -1, "", error("unstable_offset_commit")))
+                continue
             found = store.fetch(group_id, topic, partition)
             offset, epoch, meta = found if found is not None else (-1, -1, "")
-            rows.append((partition, offset, epoch, meta))
+            rows.append((partition, offset, epoch, meta, NONE))
         out.append((topic, rows))
     return NONE, out
 
@@ -134,27 +142,28 @@ async def handle_offset_fetch(ctx: Context, header: RequestHeader, req: Any) -> 
         for g in req.groups:
             code, found = _fetch_group(ctx, g.group_id, g.topics,
                                        getattr(g, "member_id", None),
-                                       getattr(g, "member_epoch", -1))
+                                       getattr(g, "member_epoch", -1), req.require_stable)
             groups.append(make(mod.OffsetFetchResponseGroup, group_id=g.group_id, error_code=code,
                                topics=_fetch_topics(mod.OffsetFetchResponseTopics,
                                                     mod.OffsetFetchResponsePartitions, found)))
         return make(mod.OffsetFetchResponse, throttle_time=timedelta(0), groups=tuple(groups))
-    code, found = _fetch_group(ctx, req.group_id, req.topics, None, -1)
+    code, found = _fetch_group(ctx, req.group_id, req.topics, None, -1,
+                               getattr(req, "require_stable", False))
     if code != NONE and version < 2:  # no top-level error yet: every partition carries it
-        found = [(t.name, [(i, -1, -1, "") for i in t.partition_indexes]) for t in req.topics]
+        found = [(t.name, [(i, -1, -1, "", code) for i in t.partition_indexes])
+                 for t in req.topics]
     topics = _fetch_topics(mod.OffsetFetchResponseTopic, mod.OffsetFetchResponsePartition,
-                           found, NONE if version >= 2 else code)
+                           found)
     return make(mod.OffsetFetchResponse, throttle_time=timedelta(0), topics=topics,
                 error_code=code)
 
 
 def _fetch_topics(topic_cls: type, part_cls: type,
-                  found: list[tuple[str, list[tuple[int, int, int, str]]]],
-                  code: ErrorCode = NONE) -> tuple[Any, ...]:
+                  found: list[tuple[str, list[Row]]]) -> tuple[Any, ...]:
     return tuple(make(topic_cls, name=topic, partitions=tuple(
         make(part_cls, partition_index=p, committed_offset=offset,
              committed_leader_epoch=epoch, metadata=meta, error_code=code)
-        for p, offset, epoch, meta in rows)) for topic, rows in found)
+        for p, offset, epoch, meta, code in rows)) for topic, rows in found)
 
 
 async def handle_offset_delete(ctx: Context, header: RequestHeader, req: Any) -> Any:

@@ -15,6 +15,7 @@ from kio.schema.errors import ErrorCode
 
 from tidelog.api.base import NONE, Api, Context, error, make, response_module
 from tidelog.partition.partition import Partition
+from tidelog.partition.producer_state import ProducerStateError
 from tidelog.protocol import records
 from tidelog.protocol.codec import RequestHeader
 from tidelog.stream.engine import BackPressureTimeout, StorageError
@@ -40,6 +41,8 @@ async def _append(
     try:
         res = await p.append(data, timeout)
         return NONE, res.base_offset, res.log_start_offset, None
+    except ProducerStateError as exc:
+        return error(exc.code), -1, -1, str(exc)
     except records.UnsupportedMagicError as exc:
         return error("unsupported_version"), -1, -1, str(exc)
     except records.CorruptRecordError as exc:

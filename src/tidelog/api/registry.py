@@ -12,6 +12,7 @@ from tidelog.api import (
     metadata,
     offsets,
     produce,
+    txn,
 )
 from tidelog.api.base import Api
 
@@ -25,5 +26,6 @@ ALL: list[Api] = [
     *groups.APIS,
     *consumer_groups.APIS,
     *offsets.APIS,
+    *txn.APIS,
 ]
 BY_KEY: dict[int, Api] = {a.key: a for a in ALL}

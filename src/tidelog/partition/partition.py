@@ -1,18 +1,44 @@
-"""A Kafka partition over one stream: offsets, high watermark, timestamps.
+"""A Kafka partition over one stream: offsets, high watermark, timestamps, producer state.
 
 Produce batches are validated and CRC-checked as bytes, given offsets by rewriting their
 `baseOffset` in place, and appended to the stream in one piece; no record is decoded.
+Idempotent and transactional batches are checked against the producer state inside the
+stream's `assign` callback, so concurrent in-flight batches of one producer are ordered
+by offset. The producer state is snapshotted to `/producers/<stream id>` (written only
+once everything it reflects is durable) and rebuilt at load from the snapshot plus a scan
+of the batch headers after it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import logging
+import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tidelog.metadata.base import MetadataStore
+from tidelog.partition.producer_state import (
+    ABORT,
+    COMMIT,
+    DuplicateBatch,
+    ProducerState,
+    control_type,
+)
 from tidelog.protocol import records
-from tidelog.protocol.record_reader import record_timestamps
-from tidelog.stream.stream import Stream
+from tidelog.protocol.record_reader import read_records, record_timestamps
+from tidelog.stream.engine import BackPressureTimeout
+from tidelog.stream.stream import Stream, StreamError
+
+log = logging.getLogger(__name__)
+PRODUCERS = "/producers/"
+SNAPSHOT_INTERVAL = 30.0
+SNAPSHOT_BYTES = 64 << 20
+PRODUCER_EXPIRATION_MS = 86_400_000
+_TXN_ATTRS = records.CONTROL_BIT | records.TRANSACTIONAL_BIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,12 +56,33 @@ def describe(payload: bytes) -> tuple[int, int]:
     return max_ts, count
 
 
+def _producer_batch(b: records.BatchInfo) -> records.BatchInfo | None:
+    """The batch if the producer state must check it; refuses what clients may not send."""
+    if b.is_control:
+        raise records.InvalidRecordError("clients may not write control batches")
+    if b.producer_id < 0:
+        if b.is_transactional:
+            raise records.InvalidRecordError("transactional batch without a producer id")
+        return None
+    if b.base_sequence < 0:
+        raise records.InvalidRecordError("idempotent batch without a sequence number")
+    return b
+
+
 class Partition:
-    def __init__(self, topic: str, index: int, stream: Stream, leader_epoch: int = 0) -> None:
+    def __init__(self, topic: str, index: int, stream: Stream, leader_epoch: int = 0,
+                 meta: MetadataStore | None = None,
+                 producer_expiration_ms: int = PRODUCER_EXPIRATION_MS) -> None:
         self.topic = topic
         self.index = index
         self.stream = stream
         self.leader_epoch = leader_epoch
+        self.meta = meta
+        self.producer_expiration_ms = producer_expiration_ms
+        self.producers = ProducerState()
+        self._snap_bytes = 0
+        self._snap_time = time.monotonic()
+        self._snap_task: asyncio.Task[None] | None = None
 
     @property
     def high_watermark(self) -> int:
@@ -45,26 +92,166 @@ class Partition:
     def log_start_offset(self) -> int:
         return self.stream.start_offset
 
+    @property
+    def last_stable_offset(self) -> int:
+        """The first offset of an open transaction, else the high watermark."""
+        return self.producers.last_stable_offset(self.stream.confirm_offset)
+
+    def aborted_transactions(self, start: int, end: int) -> list[tuple[int, int]]:
+        """(producer id, first offset) of aborted transactions overlapping [start, end)."""
+        return self.producers.aborted_transactions(start, end)
+
     async def append(self, batch_bytes: bytes, timeout: float | None = None) -> AppendResult:
-        """Validate, assign offsets and make durable; raises `records.InvalidRecordError`."""
+        """Validate, check producer state, assign offsets and make durable.
+
+        Raises `records.InvalidRecordError` or `producer_state.ProducerStateError`; a retry
+        of a recent batch returns the original offsets once they are durable.
+        """
         batches = records.validate(batch_bytes)
+        first = batches[0]
+        checked: records.BatchInfo | None = None
+        if len(batches) == 1:
+            if first.producer_id >= 0 or first.attributes & _TXN_ATTRS:
+                checked = _producer_batch(first)
+        elif any(b.producer_id >= 0 or b.attributes & _TXN_ATTRS for b in batches):
+            raise records.InvalidRecordError(
+                "an idempotent or transactional produce carries one batch per partition")
         buf = bytearray(batch_bytes)
-        count = batches[-1].last_offset_delta + 1 if len(batches) == 1 else sum(
+        count = first.last_offset_delta + 1 if len(batches) == 1 else sum(
             b.last_offset_delta + 1 for b in batches)
         max_ts = max(b.max_timestamp for b in batches)
         nrec = sum(b.record_count for b in batches)
         epoch = self.leader_epoch
+        state = self.producers
 
         def assign(base: int) -> None:
+            if checked is not None:
+                state.append(checked, base)
             records.assign_offsets(buf, batches, base, epoch)
 
-        base = await self.stream.append(buf, count, max_ts, nrec, assign, timeout)
+        try:
+            base = await self.stream.append(buf, count, max_ts, nrec, assign, timeout)
+        except DuplicateBatch as dup:
+            await self._wait_durable(dup.last_offset, timeout)
+            return AppendResult(dup.base_offset, self.log_start_offset)
+        self._appended(len(buf))
         return AppendResult(base, self.log_start_offset)
 
+    async def write_marker(self, producer_id: int, producer_epoch: int, commit: bool,
+                           coordinator_epoch: int = 0) -> int:
+        """Append a COMMIT or ABORT marker ending the producer's transaction here; returns
+        its offset once durable. Raises `ProducerStateError` (invalid_producer_epoch,
+        transaction_coordinator_fenced)."""
+        ts = int(time.time() * 1000)
+        buf = bytearray(records.build_control_batch(
+            producer_id, producer_epoch, commit, coordinator_epoch, ts))
+        batches = records.iter_headers(buf)
+        state, epoch = self.producers, self.leader_epoch
+        kind = COMMIT if commit else ABORT
+
+        def assign(base: int) -> None:
+            state.check_marker(producer_id, producer_epoch, coordinator_epoch)
+            records.assign_offsets(buf, batches, base, epoch)
+            state.marker(producer_id, producer_epoch, kind, coordinator_epoch, base, ts)
+
+        base = await self.stream.append(buf, 1, ts, 1, assign)
+        self._appended(len(buf))
+        return base
+
+    async def _wait_durable(self, last_offset: int, timeout: float | None) -> None:
+        """Wait until `last_offset` is below the high watermark (a duplicate's original)."""
+        deadline = time.monotonic() + (timeout or 30.0)
+        while self.stream.confirm_offset <= last_offset:
+            if self.stream.closed:
+                raise StreamError(f"stream {self.stream.stream_id} is closed")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BackPressureTimeout("the original of a retried batch is not durable")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wait_for_data(), remaining)
+
+    # ---- producer state durability ------------------------------------------------------
+
+    def _appended(self, nbytes: int) -> None:
+        self._snap_bytes += nbytes
+        if self.meta is None or self._snap_task is not None:
+            return
+        if self._snap_bytes >= SNAPSHOT_BYTES or (
+                self.producers.changed
+                and time.monotonic() - self._snap_time >= SNAPSHOT_INTERVAL):
+            self._snap_task = asyncio.ensure_future(self._background_snapshot())
+
+    async def _background_snapshot(self) -> None:
+        try:
+            await self.snapshot_producers()
+        except Exception as exc:  # the next append tries again
+            log.warning("producer snapshot of %s-%d failed: %r", self.topic, self.index, exc)
+            self.producers.changed = True
+        finally:
+            self._snap_task = None
+
+    async def snapshot_producers(self) -> None:
+        """Expire idle producers and write the state once all it reflects is durable."""
+        if self.meta is None:
+            return
+        state = self.producers
+        state.expire(int(time.time() * 1000), self.producer_expiration_ms)
+        state.trim(self.log_start_offset)
+        as_of = self.stream.next_offset
+        data = state.dumps(as_of)
+        state.changed = False
+        self._snap_bytes, self._snap_time = 0, time.monotonic()
+        while self.stream.confirm_offset < as_of:
+            if self.stream.closed:
+                return
+            await self.wait_for_data()
+        if not self.stream.closed:
+            await self.meta.put(f"{PRODUCERS}{self.stream.stream_id}", data)
+
+    async def restore_producers(self) -> None:
+        """Rebuild the producer state: the snapshot, then the batch headers after it."""
+        if self.meta is None:
+            return
+        entry = await self.meta.get(f"{PRODUCERS}{self.stream.stream_id}")
+        state, start = ProducerState(), self.log_start_offset
+        if entry is not None:
+            data = json.loads(entry.value)
+            if data["as_of"] <= self.high_watermark:
+                state, start = ProducerState.from_json(data), max(start, data["as_of"])
+            else:
+                log.warning("%s-%d: producer snapshot at %d is past the log end %d; rebuilding",
+                            self.topic, self.index, data["as_of"], self.high_watermark)
+        end = self.high_watermark
+        await self._replay(state, start, end)
+        self.producers = state
+        if end > start or entry is None:
+            await self.snapshot_producers()
+
+    async def _replay(self, state: ProducerState, start: int, end: int) -> None:
+        offset = start
+        while offset < end:
+            bufs, nxt = await self.stream.fetch(offset, 1 << 20, end)
+            if not bufs:
+                break
+            for buf in bufs:
+                for b in records.iter_headers(buf):
+                    if b.base_offset < offset or b.producer_id < 0:
+                        continue
+                    if not b.is_control:
+                        state.record(b, b.base_offset)
+                        continue
+                    _off, _ts, key, value = read_records(buf, b)[0]
+                    coord = struct.unpack_from(">hi", value)[1] if value and len(
+                        value) >= 6 else -1
+                    state.marker(b.producer_id, b.producer_epoch, control_type(key), coord,
+                                 b.base_offset, b.max_timestamp)
+            offset = nxt
+
     async def read(
-        self, offset: int, max_bytes: int
+        self, offset: int, max_bytes: int, end: int | None = None
     ) -> list[bytes | bytearray | memoryview]:
-        bufs, _ = await self.stream.fetch(offset, max_bytes)
+        """Whole batches from `offset` below `end` (default: the high watermark)."""
+        bufs, _ = await self.stream.fetch(offset, max_bytes, end)
         return bufs
 
     def wait_for_data(self) -> asyncio.Future[None]:

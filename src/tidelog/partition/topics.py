@@ -9,8 +9,9 @@ import uuid
 from dataclasses import dataclass, field
 
 from tidelog.metadata.base import Fenced, MetadataStore
-from tidelog.partition.partition import Partition
+from tidelog.partition.partition import PRODUCERS, Partition
 from tidelog.stream.engine import StreamEngine
+from tidelog.stream.stream import Stream
 
 log = logging.getLogger(__name__)
 TOPICS = "/topics/"
@@ -40,9 +41,11 @@ def validate_name(name: str) -> None:
 
 
 class TopicManager:
-    def __init__(self, engine: StreamEngine, meta: MetadataStore) -> None:
+    def __init__(self, engine: StreamEngine, meta: MetadataStore,
+                 producer_expiration_ms: int = 86_400_000) -> None:
         self.engine = engine
         self.meta = meta
+        self.producer_expiration_ms = producer_expiration_ms
         self.topics: dict[str, Topic] = {}
         self.by_id: dict[uuid.UUID, Topic] = {}
 
@@ -56,9 +59,26 @@ class TopicManager:
                 if stream is None:
                     log.error("topic %s partition %d: stream %d is missing", name, i, sid)
                     break
-                parts.append(Partition(name, i, stream, stream.epoch))
+                parts.append(self._partition(name, i, stream))
             else:
                 self._add(Topic(name, uuid.UUID(rec["id"]), parts, rec.get("configs", {})))
+        await self.restore_producers()
+
+    async def restore_producers(self) -> None:
+        """Rebuild every partition's producer state (snapshot + header scan)."""
+        for topic in self.topics.values():
+            for p in topic.partitions:
+                await p.restore_producers()
+
+    async def snapshot_producers(self) -> None:
+        """Snapshot every partition's producer state (clean shutdown: faster restart)."""
+        for topic in self.topics.values():
+            for p in topic.partitions:
+                await p.snapshot_producers()
+
+    def _partition(self, name: str, index: int, stream: Stream) -> Partition:
+        return Partition(name, index, stream, stream.epoch, self.meta,
+                         self.producer_expiration_ms)
 
     def _add(self, topic: Topic) -> None:
         self.topics[topic.name] = topic
@@ -94,7 +114,7 @@ class TopicManager:
             for s in streams:
                 await self.engine.delete_stream(s.stream_id)
             raise TopicError("topic_already_exists", f"topic {name!r} already exists") from None
-        topic = Topic(name, topic_id, [Partition(name, i, s, s.epoch)
+        topic = Topic(name, topic_id, [self._partition(name, i, s)
                                        for i, s in enumerate(streams)], cfg)
         self._add(topic)
         log.info("created topic %s with %d partitions", name, num_partitions)
@@ -109,5 +129,6 @@ class TopicManager:
         self.by_id.pop(topic.topic_id, None)
         for p in topic.partitions:
             await self.engine.delete_stream(p.stream.stream_id)
+            await self.meta.delete(f"{PRODUCERS}{p.stream.stream_id}")
         log.info("deleted topic %s", name)
         return topic

@@ -174,6 +174,19 @@ def build_batch(
     return bytes(out)
 
 
+def build_control_batch(
+    producer_id: int, producer_epoch: int, commit: bool, coordinator_epoch: int,
+    timestamp: int,
+) -> bytes:
+    """A transaction marker: one control record, key (version 0, type 0 abort / 1 commit),
+    value (version 0, coordinator epoch)."""
+    key = struct.pack(">hh", 0, 1 if commit else 0)
+    value = struct.pack(">hi", 0, coordinator_epoch)
+    return build_batch([(key, value)], timestamp=timestamp,
+                       attributes=CONTROL_BIT | TRANSACTIONAL_BIT, producer_id=producer_id,
+                       producer_epoch=producer_epoch)
+
+
 def _varint(value: int) -> bytes:
     v = (value << 1) ^ (value >> 63)  # zigzag
     out = bytearray()
