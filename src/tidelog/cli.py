@@ -1,5 +1,6 @@
 """`tidelog` command line: `tidelog server [--config FILE] [--set key=value ...]`,
-`tidelog groups list|describe GROUP [--bootstrap-server HOST:PORT]`."""
+`tidelog groups list|describe GROUP [--bootstrap-server HOST:PORT]`,
+`tidelog transactions [--bootstrap-server HOST:PORT]`."""
 
 from __future__ import annotations
 
@@ -32,9 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     grp.add_argument("action", choices=["list", "describe"])
     grp.add_argument("group", nargs="?")
     grp.add_argument("--bootstrap-server", default="localhost:9092")
+    txn = sub.add_parser("transactions", help="open transactions and their LSO lag")
+    txn.add_argument("--bootstrap-server", default="localhost:9092")
     args = parser.parse_args(argv)
     if args.command == "groups":
         return _groups(args)
+    if args.command == "transactions":
+        return _transactions(args)
     try:
         config = Config.load(args.config, _overrides(args.set))
     except (ConfigError, OSError) as exc:
@@ -75,6 +80,21 @@ def _groups(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"tidelog: cannot reach {args.bootstrap_server}: {exc}", file=sys.stderr)
         return 1
+
+
+def _transactions(args: argparse.Namespace) -> int:
+    from tidelog.tools import transactions
+    from tidelog.tools.wire import KafkaWireClient
+
+    try:
+        with KafkaWireClient(args.bootstrap_server) as client:
+            txns = transactions.open_transactions(client)
+            lag = transactions.lso_lag(client, [p for t in txns for p in t.partitions])
+    except OSError as exc:
+        print(f"tidelog: cannot reach {args.bootstrap_server}: {exc}", file=sys.stderr)
+        return 1
+    transactions.print_transactions(sys.stdout, txns, lag)
+    return 0
 
 
 if __name__ == "__main__":

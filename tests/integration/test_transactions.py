@@ -256,3 +256,30 @@ def test_pending_offsets_are_unstable_for_require_stable(broker: BrokerProcess) 
     p.commit_transaction(30)
     assert fetch(True) == (ErrorCode.none, 7)
     c.close()
+
+
+def test_cli_shows_open_transactions_and_lso_lag(broker: BrokerProcess) -> None:
+    import subprocess
+    import sys
+
+    create_topic(broker.bootstrap, "cli-tx")
+    plain = Producer({"bootstrap.servers": broker.bootstrap})
+    for i in range(4):  # committed before the transaction: below the LSO
+        plain.produce("cli-tx", value=b"x", partition=0)
+    plain.flush(10)
+    p = txn_producer(broker.bootstrap, "cli-tid")
+    p.begin_transaction()
+    for i in range(5):
+        p.produce("cli-tx", value=f"t{i}".encode(), partition=0)
+    p.flush(10)
+
+    def cli() -> str:
+        return subprocess.run([sys.executable, "-m", "tidelog.cli", "transactions",
+                               "--bootstrap-server", broker.bootstrap], check=True,
+                              capture_output=True, text=True, timeout=60).stdout
+
+    out = cli()
+    assert "cli-tid  Ongoing" in out
+    assert "cli-tx-0  high-watermark 9  last-stable 4  lso-lag 5" in out
+    p.commit_transaction(30)
+    assert cli().strip() == "no open transactions"
