@@ -264,7 +264,7 @@ def test_cli_shows_open_transactions_and_lso_lag(broker: BrokerProcess) -> None:
 
     create_topic(broker.bootstrap, "cli-tx")
     plain = Producer({"bootstrap.servers": broker.bootstrap})
-    for i in range(4):  # committed before the transaction: below the LSO
+    for _ in range(4):  # committed before the transaction: below the LSO
         plain.produce("cli-tx", value=b"x", partition=0)
     plain.flush(10)
     p = txn_producer(broker.bootstrap, "cli-tid")
