@@ -99,10 +99,13 @@ class ObstoreObjectStore(ObjectStore):
             size = sum(_nbytes(p) for p in parts)
             if len(parts) == 1:
                 body = parts[0]
-            elif size > self._multipart_threshold:
-                body = parts  # obstore streams the parts into multipart chunks: no joined copy
             else:
-                body = b"".join(parts)  # one copy buys a single PUT request
+                # One copy, in a thread (bytes.join drops the GIL for large joins): handing
+                # obstore thousands of small buffers made it copy them on the event loop,
+                # stalling produce for ~10 ms per upload (bench: P99 at 20 MB/s 10 ms with
+                # uploads, 1.7 ms without). A single buffer is sent (and split into
+                # multipart chunks) without a further copy.
+                body = await asyncio.to_thread(b"".join, parts)
         multipart = size > self._multipart_threshold
 
         async def attempt() -> None:
