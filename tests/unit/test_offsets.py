@@ -14,15 +14,13 @@ from kio.index import load_payload_module
 from kio.schema.errors import ErrorCode
 from kio.static.constants import EntityType
 
+from tests.unit.harness import open_topics
 from tidelog.api.base import BrokerInfo, Context
 from tidelog.api.offsets import handle_offset_commit, handle_offset_delete, handle_offset_fetch
 from tidelog.coordinator.coordinator import CoordinatorConfig, GroupCoordinator
-from tidelog.metadata.embedded import EmbeddedMetadataStore
 from tidelog.objectstore.uri import open_object_store
-from tidelog.partition.partition import describe
-from tidelog.partition.topics import TopicManager
 from tidelog.protocol.codec import RequestHeader
-from tidelog.stream.engine import EngineConfig, StreamEngine
+from tidelog.stream.engine import StreamEngine
 from tidelog.stream.wal.memory_wal import MemoryWAL, MemoryWALStore
 
 RETENTION = 60_000
@@ -62,12 +60,9 @@ class Env:
 
     async def start(self) -> GroupCoordinator:
         self.epoch += 1
-        meta = EmbeddedMetadataStore(str(self.tmp / "meta.db"))
-        self.engine = StreamEngine(MemoryWAL(capacity=64 << 20, store=self.wal_store),
-                                   self.objects, meta, EngineConfig(), describe=describe)
-        await self.engine.start(self.epoch)
-        topics = TopicManager(self.engine, meta)
-        await topics.load()
+        self.engine, topics = await open_topics(
+            self.tmp, MemoryWAL(capacity=64 << 20, store=self.wal_store), self.objects,
+            self.epoch)
         if topics.get("t") is None:
             await topics.create("t", 3)
             await topics.create("u", 1)

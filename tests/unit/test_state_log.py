@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.harness import open_topics
 from tidelog.coordinator.state_log import TOPIC, StateLog
-from tidelog.metadata.embedded import EmbeddedMetadataStore
 from tidelog.objectstore.base import ObjectStore
 from tidelog.objectstore.uri import open_object_store
-from tidelog.partition.partition import describe
 from tidelog.partition.topics import TopicManager
-from tidelog.stream.engine import EngineConfig, StreamEngine
+from tidelog.stream.engine import StreamEngine
 from tidelog.stream.wal.file_wal import FileWAL
 
 
@@ -28,12 +27,8 @@ class Node:
 
     async def start(self, **log_args: float) -> StateLog:
         self.epoch += 1
-        meta = EmbeddedMetadataStore(str(self.tmp / "meta.db"))
-        wal = FileWAL(str(self.tmp / "wal"), capacity=8 << 20)
-        self.engine = StreamEngine(wal, self.store, meta, EngineConfig(), describe=describe)
-        await self.engine.start(self.epoch)
-        self.topics = TopicManager(self.engine, meta)
-        await self.topics.load()
+        self.engine, self.topics = await open_topics(
+            self.tmp, FileWAL(str(self.tmp / "wal"), capacity=8 << 20), self.store, self.epoch)
         return StateLog(self.topics, **log_args)  # type: ignore[arg-type]
 
     async def stop(self, flush: bool) -> None:

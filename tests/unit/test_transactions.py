@@ -15,6 +15,7 @@ from kio.index import load_payload_module
 from kio.schema.errors import ErrorCode
 from kio.static.constants import EntityType
 
+from tests.unit.harness import open_topics
 from tidelog.api import txn as api
 from tidelog.api.base import BrokerInfo, Context
 from tidelog.coordinator.coordinator import GroupCoordinator
@@ -26,12 +27,10 @@ from tidelog.coordinator.transactions_state import (
     TxnMetadata,
     TxnState,
 )
-from tidelog.metadata.embedded import EmbeddedMetadataStore
 from tidelog.objectstore.uri import open_object_store
-from tidelog.partition.partition import Partition, describe
-from tidelog.partition.topics import TopicManager
+from tidelog.partition.partition import Partition
 from tidelog.protocol.codec import RequestHeader
-from tidelog.stream.engine import EngineConfig, StreamEngine
+from tidelog.stream.engine import StreamEngine
 from tidelog.stream.wal.memory_wal import MemoryWAL, MemoryWALStore
 
 TIMEOUT = 60_000
@@ -68,12 +67,9 @@ class Env:
 
     async def start(self) -> TransactionCoordinator:
         self.epoch += 1
-        meta = EmbeddedMetadataStore(str(self.tmp / "meta.db"))
-        self.engine = StreamEngine(MemoryWAL(capacity=64 << 20, store=self.wal_store),
-                                   self.objects, meta, EngineConfig(), describe=describe)
-        await self.engine.start(self.epoch)
-        topics = TopicManager(self.engine, meta)
-        await topics.load()
+        self.engine, topics = await open_topics(
+            self.tmp, MemoryWAL(capacity=64 << 20, store=self.wal_store), self.objects,
+            self.epoch)
         if topics.get("t") is None:
             await topics.create("t", 3)
         self.groups = GroupCoordinator(topics)

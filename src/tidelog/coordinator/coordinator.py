@@ -13,8 +13,6 @@ Time comes from the injected clock; `tick` drives session and rebalance timeouts
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -24,6 +22,7 @@ from tidelog.coordinator.classic import ClassicGroups
 from tidelog.coordinator.consumer import ConsumerGroups
 from tidelog.coordinator.offsets import OffsetStore
 from tidelog.coordinator.state_log import StateLog
+from tidelog.coordinator.ticker import Ticker
 from tidelog.partition.topics import TopicManager
 
 log = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ class GroupCoordinator:
         self.offsets = OffsetStore(self)
         self.classic = ClassicGroups(self)
         self.consumer = ConsumerGroups(self)
-        self._ticker: asyncio.Task[None] | None = None
+        self._ticker = Ticker("group-coordinator", self.tick, self.config.tick_interval)
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -61,14 +60,10 @@ class GroupCoordinator:
         self.offsets.restore(state)
         self.classic.restore(state)
         self.consumer.restore(state)
-        self._ticker = asyncio.create_task(self._tick_loop(), name="group-coordinator")
+        self._ticker.start()
 
     async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-            self._ticker = None
+        await self._ticker.stop()
 
     async def tick(self) -> None:
         """Expire sessions, finish rebalances whose time is up, expire offsets."""
@@ -76,14 +71,6 @@ class GroupCoordinator:
         await self.classic.tick(now)
         await self.consumer.tick(now)
         await self.offsets.tick(now)
-
-    async def _tick_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.tick_interval)
-            try:
-                await self.tick()
-            except Exception:  # a bug in one group must not stop every group's timers
-                log.exception("group coordinator tick failed")
 
     def group_kind(self, group_id: str) -> str | None:
         """'classic', 'consumer', or None when no such group is active."""

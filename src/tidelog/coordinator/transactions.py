@@ -23,7 +23,6 @@ injected clock (they are stored and must mean the same after a restart).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 
 from tidelog.coordinator.offsets import CommitEntry, OffsetStore
 from tidelog.coordinator.state_log import StateLog
+from tidelog.coordinator.ticker import Ticker
 from tidelog.coordinator.transactions_state import (
     IDLE,
     MAX_EPOCH,
@@ -76,7 +76,7 @@ class TransactionCoordinator:
         self._pid_lock = asyncio.Lock()
         self._next_pid = 0
         self._pid_end = 0
-        self._ticker: asyncio.Task[None] | None = None
+        self._ticker = Ticker("txn-coordinator", self.tick, self.config.check_interval)
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -97,14 +97,10 @@ class TransactionCoordinator:
             self._txns[m.transactional_id] = m
         log.info("restored %d transactional ids", len(self._txns))
         await self._finish_prepared()
-        self._ticker = asyncio.create_task(self._tick_loop(), name="txn-coordinator")
+        self._ticker.start()
 
     async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-            self._ticker = None
+        await self._ticker.stop()
 
     # -- reads --------------------------------------------------------------------------
 
@@ -398,13 +394,6 @@ class TransactionCoordinator:
             del self._txns[tid]
             log.info("transactional id %s expired", tid)
 
-    async def _tick_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.check_interval)
-            try:
-                await self.tick()
-            except Exception:  # one bad id must not stop every timeout
-                log.exception("transaction coordinator tick failed")
 
     # -- helpers ------------------------------------------------------------------------
 
