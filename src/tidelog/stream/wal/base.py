@@ -15,8 +15,9 @@ record appended before it are durable.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from bisect import bisect_left
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class WalError(Exception):
@@ -48,8 +49,68 @@ class WalRecord:
     """Logical position right after the record: `trim(next_position)` frees it."""
 
 
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0,
+)
+"""Upper bounds (seconds) of the latency histograms; the last bucket is +Inf."""
+SIZE_BUCKETS: tuple[float, ...] = tuple(float(1 << n) for n in range(10, 27, 2))
+"""Upper bounds (bytes) of the group-size histogram: 1 KiB .. 64 MiB."""
+
+
+@dataclass(slots=True)
+class Histogram:
+    """Cumulative-at-read histogram with fixed buckets: O(log n) per observation, no locks
+    (the event loop or one writer thread updates it; a scrape reads a slightly stale copy)."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.count += 1
+
+
+@dataclass(slots=True)
+class WalStats:
+    """Counters every WAL keeps for metrics and tests; updated as groups complete."""
+
+    groups: int = 0
+    """Group commits (one write + one sync, or one PUT for an object WAL)."""
+    records: int = 0
+    """Records made durable."""
+    bytes: int = 0
+    """Bytes written to the medium, headers and padding included."""
+    syncs: int = 0
+    """fdatasync calls (or PUTs): one per group plus header writes."""
+    sync_seconds: float = 0.0
+    """Total time spent in group syncs (or PUTs)."""
+    full_waits: int = 0
+    """Appends that had to wait for space (back-pressure)."""
+    full_timeouts: int = 0
+    """Appends that gave up with `WalFullError`."""
+    append_latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
+    """Seconds from `append` to durable, per record."""
+    sync_latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
+    """Seconds per group sync (or PUT)."""
+    group_bytes: Histogram = field(default_factory=lambda: Histogram(SIZE_BUCKETS))
+    """Bytes per group commit."""
+
+
 class WAL(ABC):
-    """A durable, ordered, bounded log of stream records."""
+    """A durable, ordered, bounded log of stream records.
+
+    Every implementation has a `stats: WalStats` attribute.
+    """
+
+    stats: WalStats
 
     @abstractmethod
     async def open(self, epoch: int) -> None:

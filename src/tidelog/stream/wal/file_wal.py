@@ -31,6 +31,7 @@ from tidelog.stream.wal.base import (
     WalFencedError,
     WalFullError,
     WalRecord,
+    WalStats,
 )
 from tidelog.stream.wal.ring_format import (
     HEADER_AREA,
@@ -89,19 +90,6 @@ def _pwritev_all(fd: int, buffers: list[bytes | bytearray | memoryview], offset:
 
 
 # --- The WAL ---
-
-
-@dataclass(slots=True)
-class WalStats:
-    """Counters for metrics and tests; updated as groups complete."""
-
-    groups: int = 0
-    records: int = 0
-    bytes: int = 0
-    syncs: int = 0
-    """fdatasync calls: one per group plus one per header slot write."""
-    sync_seconds: float = 0.0
-    """Total time spent in group fdatasyncs."""
 
 
 @dataclass(slots=True, eq=False)
@@ -334,11 +322,14 @@ class FileWAL(WAL):
             payload,
             future,
         )
+        started = time.perf_counter()
         if self._waiting or not self._try_reserve(entry):
             await self._reserve_slow(entry, timeout)
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
-        return await future
+        position = await future
+        self.stats.append_latency.observe(time.perf_counter() - started)
+        return position
 
     def _try_reserve(self, entry: _Entry) -> bool:
         """Place `entry` at the end (after a padding marker if it starts a lap) if it fits."""
@@ -367,6 +358,7 @@ class FileWAL(WAL):
         """Wait, first come first served, until `trim` frees room for `entry`."""
         limit = self._append_timeout if timeout is None else timeout
         self._waiting += 1
+        self.stats.full_waits += 1
         try:
             async with asyncio.timeout(limit), self._reserve_lock:
                 while True:
@@ -378,6 +370,7 @@ class FileWAL(WAL):
                     self._space.clear()
                     await self._space.wait()
         except TimeoutError:
+            self.stats.full_timeouts += 1
             raise WalFullError(
                 f"WAL full for {limit}s: {entry.write_size} bytes needed, "
                 f"{self._end - self._trim} of {self._capacity} in use"
@@ -423,6 +416,8 @@ class FileWAL(WAL):
                 stats.groups += 1
                 stats.bytes += size
                 stats.sync_seconds += seconds
+                stats.sync_latency.observe(seconds)
+                stats.group_bytes.observe(size)
                 for entry in group:
                     if entry.future is not None:
                         stats.records += 1

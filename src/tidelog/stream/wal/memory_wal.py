@@ -20,6 +20,7 @@ from tidelog.stream.wal.base import (
     WalFencedError,
     WalFullError,
     WalRecord,
+    WalStats,
 )
 from tidelog.stream.wal.ring_format import RECORD_HEADER_SIZE, MiB
 
@@ -60,6 +61,7 @@ class MemoryWAL(WAL):
         self._waiting = 0
         self._reserve_lock = asyncio.Lock()
         self._space = asyncio.Event()
+        self.stats = WalStats()
 
     @property
     def trim_position(self) -> int:
@@ -113,6 +115,12 @@ class MemoryWAL(WAL):
         )
         store.records.append(record)
         store.end = record.next_position
+        stats = self.stats
+        stats.groups += 1
+        stats.records += 1
+        stats.bytes += size
+        stats.group_bytes.observe(size)
+        stats.append_latency.observe(0.0)
         return record.next_position
 
     def _fits(self, size: int) -> bool:
@@ -122,6 +130,7 @@ class MemoryWAL(WAL):
         """First come first served, like `FileWAL`: a later append never overtakes."""
         limit = self._append_timeout if timeout is None else timeout
         self._waiting += 1
+        self.stats.full_waits += 1
         try:
             async with asyncio.timeout(limit), self._reserve_lock:
                 while True:
@@ -131,6 +140,7 @@ class MemoryWAL(WAL):
                     self._space.clear()
                     await self._space.wait()
         except TimeoutError:
+            self.stats.full_timeouts += 1
             raise WalFullError(f"WAL full for {limit}s: {size} bytes needed") from None
         finally:
             self._waiting -= 1
