@@ -23,6 +23,7 @@ from tidelog.objectstore.uri import open_object_store
 from tidelog.partition.partition import describe
 from tidelog.partition.topics import TopicManager
 from tidelog.stream.engine import EngineConfig, StreamEngine
+from tidelog.stream.object_compaction import CompactionConfig
 from tidelog.stream.wal.uri import open_wal
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,12 @@ class Broker:
             cache_max_bytes=c.get_int("log.cache.bytes"),
             block_cache_bytes=c.get_int("block.cache.bytes"),
             append_timeout=c.get_int("append.timeout.ms") / 1000,
+            gc_grace=c.get_int("log.segment.delete.delay.ms") / 1000,
+            compaction_interval=c.get_int("object.compaction.interval.ms") / 1000,
+            compaction=CompactionConfig(
+                small_bytes=c.get_int("object.compaction.small.bytes"),
+                min_objects=c.get_int("object.compaction.min.objects"),
+                max_input_bytes=c.get_int("object.compaction.max.input.bytes")),
         ), describe=describe)
         await self.engine.start(await _bump_wal_epoch(self.meta, node_id))
         self.topics = TopicManager(self.engine, self.meta,

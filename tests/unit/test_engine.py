@@ -115,7 +115,7 @@ async def test_deleted_stream_objects_are_collected(tmp_path: Path, store: Objec
     meta = EmbeddedMetadataStore(str(tmp_path / "meta.db"))
     engine = StreamEngine(FileWAL(str(tmp_path / "wal"), capacity=8 << 20), store, meta,
                           EngineConfig(gc_grace=10), describe=describe,
-                          clock=lambda: clock[0])
+                          wall_clock=lambda: clock[0])
     await engine.start(1)
     keep = Partition("t", 0, await engine.create_stream())
     gone = Partition("t", 1, await engine.create_stream())
@@ -142,7 +142,7 @@ async def test_trim_makes_old_objects_garbage(tmp_path: Path, store: ObjectStore
     meta = EmbeddedMetadataStore(str(tmp_path / "meta.db"))
     engine = StreamEngine(FileWAL(str(tmp_path / "wal"), capacity=8 << 20), store, meta,
                           EngineConfig(gc_grace=0), describe=describe,
-                          clock=lambda: clock[0])
+                          wall_clock=lambda: clock[0])
     await engine.start(1)
     p = Partition("t", 0, await engine.create_stream())
     await p.append(batch(0))

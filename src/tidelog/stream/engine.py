@@ -16,26 +16,26 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from tidelog.metadata.base import Fenced, MetadataStore, Txn
 from tidelog.objectstore.base import ObjectStore
 from tidelog.stream.block_cache import BlockCache
 from tidelog.stream.log_cache import CacheEntry, LogCache
+from tidelog.stream.object_compaction import CompactionConfig, compact_objects
 from tidelog.stream.object_format import BlockIndex, ObjectBuilder, Record
 from tidelog.stream.object_index import ObjectIndex
+from tidelog.stream.objects import ObjectCatalog, meta_key
 from tidelog.stream.stream import Stream, StreamMeta
 from tidelog.stream.wal.base import WAL
 
 log = logging.getLogger(__name__)
 
 STREAMS = "/streams/"
-OBJECTS = "/objects/"
 RECORD_OVERHEAD = 256  # bytes we assume a WAL adds around a payload (header, padding slack)
 
 # (payload) -> (max_timestamp, record_count): lets recovery describe WAL records without
@@ -61,20 +61,9 @@ class EngineConfig:
     block_cache_bytes: int = 128 << 20
     append_timeout: float = 30.0
     gc_grace: float = 60.0
-
-
-def _key(prefix: str, n: int) -> str:
-    return f"{prefix}{n:020d}"
-
-
-def _object_key(object_id: int, kind: str) -> str:
-    """Keys spread over hashed prefixes so S3 partitions the load."""
-    h = hashlib.sha1(str(object_id).encode()).hexdigest()[:4]
-    return f"{h}/{kind}/{object_id:020d}.obj"
-
-
-def _object_id(key: str) -> int:
-    return int(key.rsplit("/", 1)[1].split(".")[0])
+    compaction_interval: float = 60.0
+    """Seconds between object compaction rounds (0: never)."""
+    compaction: CompactionConfig = field(default_factory=CompactionConfig)
 
 
 class StreamEngine:
@@ -86,6 +75,7 @@ class StreamEngine:
         config: EngineConfig | None = None,
         describe: Describe | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.wal = wal
         self.store = store
@@ -94,27 +84,29 @@ class StreamEngine:
         self.cache = LogCache()
         self.blocks = BlockCache(store, self.config.block_cache_bytes)
         self.index = ObjectIndex()
+        self.catalog = ObjectCatalog(meta, store, self.index, self.config.gc_grace, wall_clock)
         self.streams: dict[int, Stream] = {}
         self._describe = describe or (lambda p: (-1, 0))
         self._clock = clock
         self._space = asyncio.Event()
         self._upload_now = asyncio.Event()
         self._uploader: asyncio.Task[None] | None = None
+        self._compactor: asyncio.Task[None] | None = None
         self._upload_lock = asyncio.Lock()
         self._failed: str | None = None
         self._inflight = 0  # bytes reserved by appends the WAL has not completed yet
-        self._garbage_seen: dict[str, float] = {}
         self.uploads = 0
         self.uploaded_bytes = 0
+        self.objects_written = 0
+        self.compactions = 0
+        self.objects_compacted = 0
 
     # ---- lifecycle ------------------------------------------------------------------
 
     async def start(self, wal_epoch: int) -> None:
         """Open the WAL, load streams and objects from metadata, replay the WAL's tail."""
         await self.wal.open(wal_epoch)
-        for e in await self.meta.list(OBJECTS):
-            rec = json.loads(e.value)
-            self.index.add_object(rec["key"], [BlockIndex.from_list(b) for b in rec["blocks"]])
+        await self.catalog.load()
         metas: dict[int, StreamMeta] = {}
         txn = Txn()
         for e in await self.meta.list(STREAMS):
@@ -143,9 +135,16 @@ class StreamEngine:
         log.info("storage engine: %d streams, %d objects, %d WAL records replayed",
                  len(metas), len(self.index.objects), replayed)
         self._uploader = asyncio.create_task(self._upload_loop(), name="uploader")
+        if self.config.compaction_interval > 0:
+            self._compactor = asyncio.create_task(self._compaction_loop(), name="compactor")
 
     async def close(self, flush: bool = True) -> None:
         """Stop the uploader; with `flush`, upload what the cache holds first."""
+        if self._compactor is not None:
+            self._compactor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._compactor
+            self._compactor = None
         if self._uploader is not None:
             self._uploader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -166,7 +165,7 @@ class StreamEngine:
     async def create_stream(self) -> Stream:
         sid = await self.meta.next_id("stream")
         m = StreamMeta(sid, 1, 0, 0)
-        m.version = await self.meta.put_if(_key(STREAMS, sid), self._encode_meta(m), 0)
+        m.version = await self.meta.put_if(meta_key(STREAMS, sid), self._encode_meta(m), 0)
         s = Stream(self, m, 0)
         self.streams[sid] = s
         return s
@@ -179,7 +178,7 @@ class StreamEngine:
                 s.close()
             self.cache.drop_stream(stream_id)
             self.index.drop_stream(stream_id)
-            await self.meta.delete(_key(STREAMS, stream_id))
+            await self.meta.delete(meta_key(STREAMS, stream_id))
 
     async def trim_stream(self, stream_id: int, new_start: int) -> None:
         """Offsets below `new_start` are gone (retention, compaction); objects holding only
@@ -191,7 +190,7 @@ class StreamEngine:
             m = s.meta
             new_start = min(new_start, s.confirm_offset)
             new = StreamMeta(stream_id, m.epoch, new_start, m.end_offset)
-            m.version = await self.meta.put_if(_key(STREAMS, stream_id),
+            m.version = await self.meta.put_if(meta_key(STREAMS, stream_id),
                                                self._encode_meta(new), m.version)
             m.start_offset = new_start
 
@@ -303,27 +302,28 @@ class StreamEngine:
                 if e.stream_id in self.streams:
                     by_stream.setdefault(e.stream_id, []).append(e)
             objects = await self._build_objects(by_stream)
-            for key, builder in objects:
-                await self.store.put(key, builder.finish())
-            txn = Txn()
-            for key, builder in objects:
-                txn.puts.append((_key(OBJECTS, _object_id(key)), json.dumps(
-                    {"key": key, "size": builder.size,
-                     "blocks": [b.to_list() for b in builder.index]}).encode()))
-            metas = []
-            for sid, es in by_stream.items():
-                m = self.streams[sid].meta
-                new = StreamMeta(sid, m.epoch, m.start_offset, es[-1].last_offset + 1)
-                txn.compares.append((_key(STREAMS, sid), m.version))
-                txn.puts.append((_key(STREAMS, sid), self._encode_meta(new)))
-                metas.append((m, new.end_offset))
-            if txn.puts:
+            try:
+                for key, builder in objects:
+                    await self.store.put(key, builder.finish())
+                txn = Txn()
+                for key, builder in objects:
+                    self.catalog.reference(txn, key, builder)
+                metas = []
+                for sid, es in by_stream.items():
+                    m = self.streams[sid].meta
+                    new = StreamMeta(sid, m.epoch, m.start_offset, es[-1].last_offset + 1)
+                    txn.compares.append((meta_key(STREAMS, sid), m.version))
+                    txn.puts.append((meta_key(STREAMS, sid), self._encode_meta(new)))
+                    metas.append((m, new.end_offset))
                 rev = await self.meta.commit(txn)
-                for m, end in metas:
-                    m.end_offset, m.version = end, rev
+            except BaseException:
+                self.catalog.abandon(k for k, _ in objects)  # their intents collect them
+                raise
+            for m, end in metas:
+                m.end_offset, m.version = end, rev
+            self.catalog.referenced(rev, objects)
             size = 0
             for key, builder in objects:
-                self.index.add_object(key, builder.index)
                 for i, b in enumerate(builder.index):
                     if b.stream_id in self.streams:
                         self.blocks.put(key, b.position, builder.block_records(i), b.size)
@@ -333,6 +333,7 @@ class StreamEngine:
             self._space.set()
             self.uploads += 1
             self.uploaded_bytes += size
+            self.objects_written += len(objects)
             log.debug("uploaded %d bytes in %d objects", size, len(objects))
             return size
 
@@ -346,11 +347,11 @@ class StreamEngine:
             if total >= self.config.split_bytes:
                 own = ObjectBuilder()
                 self._add_blocks(own, sid, es)
-                objects.append((_object_key(await self.meta.next_id("object"), "s"), own))
+                objects.append((await self.catalog.new_object("s"), own))
             else:
                 self._add_blocks(shared, sid, es)
         if shared.index:
-            objects.append((_object_key(await self.meta.next_id("object"), "ss"), shared))
+            objects.append((await self.catalog.new_object("ss"), shared))
         return objects
 
     def _add_blocks(self, builder: ObjectBuilder, sid: int, es: list[CacheEntry]) -> None:
@@ -366,19 +367,66 @@ class StreamEngine:
                               max(e.max_timestamp for e in chunk))
             i = j
 
+    async def replace_blocks(
+        self, removed: dict[str, set[BlockIndex]],
+        build: Callable[[], Awaitable[list[tuple[str, ObjectBuilder]]]],
+    ) -> bool:
+        """Swap `removed` blocks for the objects `build` writes, in one metadata commit:
+        readers see either the old blocks or the new ones, never neither (compaction).
+
+        `build` must cover exactly the offsets of the removed blocks that still matter; it
+        runs outside the upload lock (its PUTs may be slow). Returns False, leaving
+        everything as it was, when a removed block changed meanwhile (a concurrent GC)."""
+        objects: list[tuple[str, ObjectBuilder]] = []
+        try:
+            objects = await build()
+            for key, builder in objects:
+                await self.store.put(key, builder.finish())
+            async with self._upload_lock:
+                live = self.index.objects
+                if any(key not in live or not gone <= set(live[key])
+                       for key, gone in removed.items()):
+                    self.catalog.abandon(k for k, _ in objects)
+                    return False
+                txn = Txn()
+                for key, builder in objects:
+                    self.catalog.reference(txn, key, builder)
+                changes = self.catalog.unlink(txn, removed)
+                rev = await self.meta.commit(txn)
+                self.catalog.unlinked(rev, changes)
+                self.catalog.referenced(rev, objects)
+                self.objects_written += len(objects)
+                return True
+        except BaseException:
+            self.catalog.abandon(k for k, _ in objects)
+            raise
+
+    async def _compaction_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.compaction_interval)
+            try:
+                await self.compact()
+                await self._collect_garbage()
+            except Exception as exc:  # the old objects stay referenced: nothing is lost
+                log.warning("object compaction failed: %r", exc)
+
+    async def compact(self) -> int:
+        """Object compaction rounds until nothing is left to merge; returns objects merged."""
+        total = 0
+        while True:
+            merged, _ = await compact_objects(self, self.config.compaction)
+            if not merged:
+                return total
+            total += merged
+            self.compactions += 1
+            self.objects_compacted += merged
+
     async def _collect_garbage(self) -> None:
-        """Delete objects no live stream references, after a grace period for readers."""
-        now = self._clock()
-        starts = {sid: s.meta.start_offset for sid, s in self.streams.items()}
-        for key in self.index.unreferenced(starts):
-            first = self._garbage_seen.setdefault(key, now)
-            if now - first < self.config.gc_grace:
-                continue
-            await self.meta.delete(_key(OBJECTS, _object_id(key)))
-            await self.store.delete(key)
-            self.index.forget_object(key)
-            self._garbage_seen.pop(key, None)
-            log.info("deleted unreferenced object %s", key)
+        """Unlink objects no live stream references; delete them after the grace period
+        (readers already on them finish first)."""
+        async with self._upload_lock:
+            starts = {sid: s.meta.start_offset for sid, s in self.streams.items()}
+            await self.catalog.collect(starts)
 
     # ---- read path ------------------------------------------------------------------
 
@@ -397,9 +445,16 @@ class StreamEngine:
                 total += n
                 break
             i, blocks = self.index.find(sid, offset)
-            if i >= len(blocks) or blocks[i][1].start_offset > offset:
-                break  # a gap: nothing stored at this offset
+            # Gaps are offsets compaction removed: like Kafka, go on to the next record.
+            if i >= len(blocks):
+                if first_cached is None:
+                    break
+                offset = min(first_cached, end)
+                continue
             key, b = blocks[i]
+            if b.start_offset > offset:
+                offset = min(b.start_offset, end)
+                continue
             block = await self.blocks.get(key, b.position, b.size)
             if i + 1 < len(blocks):  # read-ahead for sequential consumers
                 nk, nb = blocks[i + 1]
@@ -407,7 +462,9 @@ class StreamEngine:
             offset, n = _take_records(block, offset, end, max_bytes, total, out)
             total += n
             if n == 0:
-                break
+                if out:
+                    break  # the next batch does not fit in max_bytes
+                offset = min(b.end_offset, end)  # compaction emptied the block's tail
         return out, offset
 
 

@@ -67,16 +67,21 @@ class ObjectBuilder:
         records: Sequence[tuple[int, int, bytes | bytearray | memoryview]],
         record_count: int,
         max_timestamp: int,
+        span: tuple[int, int] | None = None,
     ) -> None:
-        """One block of `(base_offset, last_offset, payload)` records, contiguous offsets."""
+        """One block of `(base_offset, last_offset, payload)` records, contiguous offsets.
+
+        `span` (start, end) is the offset range the block answers for when it is wider than
+        its records: compaction removed records at its edges (gaps are Kafka semantics)."""
         bufs: list[bytes | bytearray | memoryview] = []
         size = 0
         for base, last, payload in records:
             bufs.append(RECORD.pack(base, last, len(payload)))
             bufs.append(payload)
             size += RECORD.size + len(payload)
-        self.index.append(BlockIndex(stream_id, records[0][0], records[-1][1] + 1, self.size,
-                                     size, record_count, max_timestamp))
+        start, end = span if span is not None else (records[0][0], records[-1][1] + 1)
+        self.index.append(BlockIndex(stream_id, start, end, self.size, size, record_count,
+                                     max_timestamp))
         self.blocks.append(bufs)
         self.size += size
 

@@ -1,0 +1,194 @@
+"""The object lifecycle: which objects metadata references, which are garbage, and the
+one place that deletes objects from the object store.
+
+Keys: `/objects/<id>` (object key, size, block index) for live objects and
+`/garbage/<id>` (object key, since) for objects on their way out. An object is written
+under an *intent*: a garbage record put before its PUT and removed by the same metadata
+commit that references it. A crash between the PUT and that commit leaves the intent, so
+the orphan is deleted later instead of leaking. Deletion is the reverse: a commit moves
+the record from `/objects/` to `/garbage/` (no reference is left to dangle), readers
+already on the object get `grace` seconds to finish, then the object is deleted from the
+store and only then its garbage record. Every step is idempotent, so kill -9 anywhere
+leaves either a live reference to an existing object or a garbage record to finish.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from tidelog.metadata.base import MetadataStore, Txn
+from tidelog.objectstore.base import ObjectStore
+from tidelog.stream.object_format import BlockIndex, ObjectBuilder
+from tidelog.stream.object_index import ObjectIndex
+
+log = logging.getLogger(__name__)
+
+OBJECTS = "/objects/"
+GARBAGE = "/garbage/"
+
+
+def meta_key(prefix: str, n: int) -> str:
+    return f"{prefix}{n:020d}"
+
+
+def object_key(object_id: int, kind: str) -> str:
+    """Keys spread over hashed prefixes so S3 partitions the load; `kind` is `ss` (stream
+    set object) or `s` (stream object)."""
+    h = hashlib.sha1(str(object_id).encode()).hexdigest()[:4]
+    return f"{h}/{kind}/{object_id:020d}.obj"
+
+
+def object_id(key: str) -> int:
+    return int(key.rsplit("/", 1)[1].split(".")[0])
+
+
+def object_kind(key: str) -> str:
+    return key.split("/")[1]
+
+
+@dataclass(slots=True)
+class ObjectInfo:
+    size: int
+    version: int
+    """Metadata version of the object's record: commits that change it compare it."""
+
+
+@dataclass(slots=True)
+class Garbage:
+    key: str
+    since: float
+    """Wall-clock seconds when the object stopped being referenced (or was intended)."""
+
+
+class ObjectCatalog:
+    def __init__(self, meta: MetadataStore, store: ObjectStore, index: ObjectIndex,
+                 grace: float, wall_clock: Callable[[], float] = time.time) -> None:
+        self.meta = meta
+        self.store = store
+        self.index = index
+        self.grace = grace
+        self._clock = wall_clock
+        self.objects: dict[str, ObjectInfo] = {}
+        self.garbage: dict[int, Garbage] = {}
+        self._writing: set[str] = set()
+        self.deleted = 0
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(i.size for i in list(self.objects.values()))
+
+    async def load(self) -> None:
+        for e in await self.meta.list(OBJECTS):
+            rec = json.loads(e.value)
+            self.index.add_object(rec["key"], [BlockIndex.from_list(b) for b in rec["blocks"]])
+            self.objects[rec["key"]] = ObjectInfo(rec.get("size", 0), e.version)
+        for e in await self.meta.list(GARBAGE):
+            rec = json.loads(e.value)
+            self.garbage[int(e.key[len(GARBAGE):])] = Garbage(rec["key"], rec["since"])
+
+    # ---- writing objects -----------------------------------------------------------
+
+    async def new_object(self, kind: str) -> str:
+        """A fresh object key, with its intent recorded before any byte is PUT."""
+        oid = await self.meta.next_id("object")
+        key = object_key(oid, kind)
+        g = Garbage(key, self._clock())
+        await self.meta.put(meta_key(GARBAGE, oid), _garbage_value(g))
+        self.garbage[oid] = g
+        self._writing.add(key)
+        return key
+
+    def reference(self, txn: Txn, key: str, builder: ObjectBuilder) -> None:
+        """Add to `txn` the record that makes `key` live (and clears its intent)."""
+        oid = object_id(key)
+        txn.puts.append((meta_key(OBJECTS, oid), _object_value(key, builder.size,
+                                                               builder.index)))
+        txn.deletes.append(meta_key(GARBAGE, oid))
+
+    def referenced(self, rev: int, objects: Iterable[tuple[str, ObjectBuilder]]) -> None:
+        """`txn` with `reference`s committed at `rev`: index the objects."""
+        for key, builder in objects:
+            self.index.add_object(key, builder.index)
+            self.objects[key] = ObjectInfo(builder.size, rev)
+            self.garbage.pop(object_id(key), None)
+            self._writing.discard(key)
+
+    def abandon(self, keys: Iterable[str]) -> None:
+        """Writes that will never be committed: their intents make them garbage."""
+        for key in keys:
+            self._writing.discard(key)
+
+    # ---- replacing blocks (compaction) -------------------------------------------------
+
+    def unlink(self, txn: Txn, removed: dict[str, set[BlockIndex]]) -> list[
+            tuple[str, list[BlockIndex] | None]]:
+        """Add to `txn` the removal of `removed` blocks from their objects; an object left
+        with no block becomes garbage. Returns what `unlinked` applies after the commit.
+
+        Raises `KeyError` when an object is no longer live (a concurrent change)."""
+        now = self._clock()
+        out: list[tuple[str, list[BlockIndex] | None]] = []
+        for key, gone in removed.items():
+            info = self.objects[key]
+            blocks = self.index.objects[key]
+            oid = object_id(key)
+            txn.compares.append((meta_key(OBJECTS, oid), info.version))
+            left = [b for b in blocks if b not in gone]
+            if left:
+                txn.puts.append((meta_key(OBJECTS, oid), _object_value(key, info.size, left)))
+                out.append((key, left))
+            else:
+                txn.deletes.append(meta_key(OBJECTS, oid))
+                txn.puts.append((meta_key(GARBAGE, oid), _garbage_value(Garbage(key, now))))
+                out.append((key, None))
+        return out
+
+    def unlinked(self, rev: int, changes: list[tuple[str, list[BlockIndex] | None]]) -> None:
+        now = self._clock()
+        for key, left in changes:
+            self.index.forget_object(key)
+            if left is None:
+                self.objects.pop(key, None)
+                self.garbage[object_id(key)] = Garbage(key, now)
+            else:
+                self.index.add_object(key, left)
+                self.objects[key].version = rev
+
+    # ---- garbage collection ----------------------------------------------------------
+
+    async def collect(self, starts: dict[int, int]) -> int:
+        """Unlink objects no live stream needs; delete garbage older than the grace
+        period. Returns the number of objects deleted from the store."""
+        dead = self.index.unreferenced(starts)
+        if dead:
+            txn = Txn()
+            changes = self.unlink(txn, {k: set(self.index.objects[k]) for k in dead})
+            rev = await self.meta.commit(txn)
+            self.unlinked(rev, changes)
+            log.info("%d unreferenced objects are now garbage", len(dead))
+        now = self._clock()
+        deleted = 0
+        for oid, g in sorted(self.garbage.items()):
+            if now - g.since < self.grace or g.key in self._writing:
+                continue
+            await self.store.delete(g.key)  # first the bytes, then the record: idempotent
+            await self.meta.delete(meta_key(GARBAGE, oid))
+            self.garbage.pop(oid, None)
+            deleted += 1
+            log.debug("deleted object %s", g.key)
+        self.deleted += deleted
+        return deleted
+
+
+def _object_value(key: str, size: int, blocks: list[BlockIndex]) -> bytes:
+    return json.dumps({"key": key, "size": size,
+                       "blocks": [b.to_list() for b in blocks]}).encode()
+
+
+def _garbage_value(g: Garbage) -> bytes:
+    return json.dumps({"key": g.key, "since": g.since}).encode()
