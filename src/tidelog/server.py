@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import signal
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlunparse
 
 from tidelog.api.base import BrokerConfig, BrokerInfo, Context
 from tidelog.api.dispatch import Dispatcher
@@ -17,27 +17,47 @@ from tidelog.coordinator.coordinator import CoordinatorConfig, GroupCoordinator
 from tidelog.coordinator.transactions import TransactionCoordinator, TxnConfig
 from tidelog.metadata.base import MetadataStore
 from tidelog.metadata.uri import open_metadata
-from tidelog.metrics import start_metrics_server
+from tidelog.metrics import (
+    BrokerCollector,
+    MetricsEndpoint,
+    RequestMetrics,
+    parse_metrics_listener,
+)
 from tidelog.net.server import KafkaListener
+from tidelog.objectstore.counting import CountingObjectStore, ObjectStoreStats
+from tidelog.objectstore.latency import open_with_emulation
 from tidelog.objectstore.uri import open_object_store
+from tidelog.partition.log_manager import LogManager, LogManagerConfig
 from tidelog.partition.partition import describe
 from tidelog.partition.topics import TopicManager
 from tidelog.stream.engine import EngineConfig, StreamEngine
 from tidelog.stream.object_compaction import CompactionConfig
-from tidelog.stream.wal.uri import open_wal
+from tidelog.stream.wal.uri import OBJECT_WAL_SCHEMES, open_wal
 
 log = logging.getLogger(__name__)
 
 
 def wal_file_uri(uri: str, node_id: int) -> str:
-    """`wal.uri` names a directory on the (shared) volume; each broker has its own file
-    in it. A `file:` URI ending in `.wal` names the file itself."""
+    """This broker's WAL from `wal.uri`, query options kept: a directory on the (shared)
+    volume holds one file per broker (`broker-<id>.wal`), an object-store URI one prefix
+    per broker (`.../broker-<id>`). A `file:` URI ending in `.wal`, or naming an existing
+    file or block device (`file:///dev/nvme1n1`), is used as it is."""
     parsed = urlparse(uri)
-    if parsed.scheme not in ("file", "") or uri.endswith(".wal"):
+    if parsed.scheme in OBJECT_WAL_SCHEMES:
+        return urlunparse(parsed._replace(path=f"{parsed.path.rstrip('/')}/broker-{node_id}"))
+    if parsed.scheme not in ("file", ""):
         return uri
     path = (parsed.netloc + parsed.path) if parsed.scheme == "file" else uri
+    if path.endswith(".wal") or (os.path.exists(path) and not os.path.isdir(path)):
+        return uri
     os.makedirs(path, exist_ok=True)
-    return "file://" + os.path.join(path, f"broker-{node_id}.wal")
+    query = f"?{parsed.query}" if parsed.scheme == "file" and parsed.query else ""
+    return "file://" + os.path.join(path, f"broker-{node_id}.wal") + query
+
+
+def _without_query(uri: str) -> str:
+    """For logs: a URI's query may hold credentials."""
+    return uri.split("?", 1)[0]
 
 
 async def _bump_wal_epoch(meta: MetadataStore, node_id: int) -> int:
@@ -60,16 +80,31 @@ class Broker:
         self.dispatcher: Dispatcher | None = None
         self.coordinator: GroupCoordinator | None = None
         self.transactions: TransactionCoordinator | None = None
-        self.metrics_port = 0
+        self.log_manager: LogManager | None = None
+        self.node_id = 0
+        # every object store the broker opens is wrapped to count into this (the WAL's too)
+        self.store_stats = ObjectStoreStats()
+        self.request_metrics: RequestMetrics | None = None
+        self.metrics: MetricsEndpoint | None = None
+
+    @property
+    def metrics_port(self) -> int:
+        """The bound metrics port; 0 when `metrics.enabled` is false."""
+        return self.metrics.port if self.metrics is not None else 0
 
     async def start(self) -> None:
         c = self.config
-        node_id = c.get_int("node.id")
+        self.node_id = node_id = c.get_int("node.id")
+        metrics_at = (parse_metrics_listener(c.get_str("metrics.listener"))
+                      if c.get_bool("metrics.enabled") else None)
         self.meta = open_metadata(c.get_str("metadata.uri"))
-        store = open_object_store(c.get_str("objectstore.uri"))
+        store = CountingObjectStore(
+            open_with_emulation(c.get_str("objectstore.uri"), open_object_store),
+            self.store_stats)
         wal = open_wal(wal_file_uri(c.get_str("wal.uri"), node_id),
                        capacity=c.get_int("wal.capacity"),
-                       append_timeout=c.get_int("append.timeout.ms") / 1000)
+                       append_timeout=c.get_int("append.timeout.ms") / 1000,
+                       wrap_store=lambda s: CountingObjectStore(s, self.store_stats))
         self.engine = StreamEngine(wal, store, self.meta, EngineConfig(
             upload_bytes=c.get_int("upload.bytes"),
             upload_interval=c.get_int("upload.interval.ms") / 1000,
@@ -86,8 +121,15 @@ class Broker:
         ), describe=describe)
         await self.engine.start(await _bump_wal_epoch(self.meta, node_id))
         self.topics = TopicManager(self.engine, self.meta,
-                                   c.get_int("producer.id.expiration.ms"))
+                                   c.get_int("producer.id.expiration.ms"),
+                                   broker_configs=c.values)
         await self.topics.load()
+        self.log_manager = LogManager(self.topics, LogManagerConfig(
+            retention_check_interval=c.get_int("log.retention.check.interval.ms") / 1000,
+            cleaner_backoff=c.get_int("log.cleaner.backoff.ms") / 1000,
+            cleaner_enabled=c.get_bool("log.cleaner.enable"),
+        ))
+        await self.log_manager.start()
         self.coordinator = GroupCoordinator(self.topics, CoordinatorConfig(
             offsets_retention_ms=c.get_int("offsets.retention.minutes") * 60_000,
             min_session_timeout_ms=c.get_int("group.min.session.timeout.ms"),
@@ -116,21 +158,26 @@ class Broker:
         ctx = Context(info, self.topics, self.coordinator, broker_cfg,
                       transactions=self.transactions)
         self.dispatcher = Dispatcher(ctx)
+        self.request_metrics = RequestMetrics() if metrics_at is not None else None
         self.listener = KafkaListener(self.dispatcher, bind.host, bind.port,
-                                      c.get_int("socket.request.max.bytes"))
+                                      c.get_int("socket.request.max.bytes"),
+                                      self.request_metrics.observe if self.request_metrics
+                                      else None)
         await self.listener.start()
         if advertised.port == 0:  # bound to a free port: advertise the real one
             info.port = self.listener.port
-        if c.get_str("metrics.port") != "0":
-            self.metrics_port = start_metrics_server(self, c.get_int("metrics.port"),
-                                                     bind.host)
-            log.info("metrics on http://%s:%d/metrics", bind.host, self.metrics_port)
+        if metrics_at is not None:
+            self.metrics = MetricsEndpoint.start(BrokerCollector(self), *metrics_at)
+            log.info("metrics on %s", self.metrics.url)
         log.info("tidelog broker %d ready on %s:%d (wal %s, objects %s)", node_id,
-                 info.host, info.port, c.get_str("wal.uri"), c.get_str("objectstore.uri"))
+                 info.host, info.port, _without_query(c.get_str("wal.uri")),
+                 _without_query(c.get_str("objectstore.uri")))
 
     async def stop(self) -> None:
         if self.listener is not None:
             await self.listener.stop()
+        if self.log_manager is not None:
+            await self.log_manager.stop()
         if self.transactions is not None:
             await self.transactions.stop()
         if self.coordinator is not None:
@@ -144,17 +191,26 @@ class Broker:
             await self.engine.close(flush=True)
         if self.meta is not None:
             await self.meta.close()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
+            self.metrics = None
 
 
-async def serve(config: Config, ready_file: str | None = None) -> int:
+async def serve(config: Config, ready_file: str | None = None,
+                metrics_ready_file: str | None = None) -> int:
     """Run until SIGINT/SIGTERM (exit code 0) or a storage failure (exit code 1, so a
-    supervisor restarts the broker, which then recovers from the WAL)."""
+    supervisor restarts the broker, which then recovers from the WAL).
+
+    Once serving, the bound metrics port (0: metrics off) goes to `metrics_ready_file`,
+    then the Kafka port to `ready_file`."""
     broker = Broker(config)
     try:
         await broker.start()
     except BaseException:
         await broker.stop()  # release the WAL and metadata before reporting
         raise
+    if metrics_ready_file:
+        _write_ready(metrics_ready_file, broker.metrics_port)
     if ready_file and broker.listener is not None:
         _write_ready(ready_file, broker.listener.port)
     stop = asyncio.Event()

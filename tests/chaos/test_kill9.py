@@ -1,4 +1,5 @@
-"""kill -9 durability: every acknowledged message survives SIGKILL at random moments."""
+"""kill -9 durability: every acknowledged message survives SIGKILL at random moments, on
+every kind of WAL (file, file with O_DIRECT, S3 WAL on moto)."""
 
 from __future__ import annotations
 
@@ -7,21 +8,29 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tests.integration.broker import BrokerProcess
+from tests.integration.broker import WAL_KINDS, BrokerProcess, wal_settings
 
 PARTITIONS = 3
 KILLS = 6
 
 
-def test_acknowledged_messages_survive_sigkill(tmp_path: Path) -> None:
+@pytest.mark.parametrize("wal_kind", WAL_KINDS)
+def test_acknowledged_messages_survive_sigkill(
+    tmp_path: Path, request: pytest.FixtureRequest, wal_kind: str
+) -> None:
     broker = BrokerProcess(tmp_path / "b", {
         # small uploads so kills land before, during and after uploads and WAL trims
         "upload.bytes": str(128 << 10), "upload.interval.ms": "300",
         "wal.capacity": str(8 << 20),
+        **wal_settings(wal_kind, request, tmp_path),
     }).start()
+    # the WAL in use says so when it opens
+    assert {"file": ".wal: opened", "direct": ", O_DIRECT", "s3": "opened epoch 1 at object"}[
+        wal_kind] in broker.log()
     try:
         admin = AdminClient({"bootstrap.servers": broker.bootstrap})
         admin.create_topics([NewTopic("chaos", PARTITIONS, 1)])["chaos"].result(30)

@@ -1,17 +1,18 @@
 """Data crossing the upload boundary: several uploads, restart with an empty log cache,
-everything read back from objects (local files and S3 via moto)."""
+everything read back from objects (local files and S3 via moto), on every kind of WAL."""
 
 from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from tests.integration.broker import BrokerProcess
+from tests.integration.broker import BrokerProcess, wal_settings
 
 PARTITIONS = 4
 N = 4000
@@ -51,12 +52,14 @@ def replayed(broker: BrokerProcess) -> list[int]:
     return [int(n) for n in re.findall(r"(\d+) WAL records replayed", broker.log())]
 
 
-@pytest.mark.parametrize("backend", ["file", "s3"])
+@pytest.mark.parametrize(("backend", "wal_kind"),
+                         [("file", "file"), ("s3", "file"), ("file", "direct"), ("s3", "s3")])
 def test_reads_come_back_from_objects_after_restart(
-    broker_factory: type[BrokerProcess], request: pytest.FixtureRequest, backend: str
+    broker_factory: type[BrokerProcess], request: pytest.FixtureRequest, tmp_path: Path,
+    backend: str, wal_kind: str,
 ) -> None:
     settings = {"upload.bytes": str(256 << 10), "upload.interval.ms": "200",
-                "num.partitions": str(PARTITIONS)}
+                "num.partitions": str(PARTITIONS), **wal_settings(wal_kind, request, tmp_path)}
     if backend == "s3":
         s3 = request.getfixturevalue("moto_s3")
         settings["objectstore.uri"] = (f"s3://{s3['bucket']}/boundary-{time.time_ns()}?"

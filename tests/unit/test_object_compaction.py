@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.test_engine import batch, read_all, stop
 from tidelog.metadata.embedded import EmbeddedMetadataStore
 from tidelog.objectstore.base import ObjectStore
 from tidelog.objectstore.uri import open_object_store
@@ -17,7 +18,6 @@ from tidelog.stream.engine import EngineConfig, StreamEngine
 from tidelog.stream.object_compaction import CompactionConfig, compact_objects
 from tidelog.stream.objects import GARBAGE, OBJECTS
 from tidelog.stream.wal.file_wal import FileWAL
-from tests.unit.test_engine import batch, read_all, stop
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from tidelog.partition.producer_state import (
     COMMIT,
     MAX_SEQUENCE,
     DuplicateBatch,
+    ProducerEntry,
     ProducerState,
     ProducerStateError,
     last_sequence,
@@ -207,3 +208,15 @@ async def test_markers_and_restart_rebuild(tmp_path: Path, store: ObjectStore) -
     assert entry is not None and b'"as_of": 12' in entry.value  # rescanned, re-snapshotted
     await engine2.close(flush=True)
     await engine2.meta.close()
+
+
+def test_drop_below_forgets_producers_whose_batches_are_gone() -> None:
+    state = ProducerState()
+    state.producers[1] = ProducerEntry(epoch=0)
+    state.producers[1].batches.append((0, 9, 0, 9))
+    state.producers[2] = ProducerEntry(epoch=0)
+    state.producers[2].batches.append((0, 9, 20, 29))
+    state.producers[3] = ProducerEntry(epoch=0, txn_first=5)  # open transaction: kept
+    state.producers[3].batches.append((0, 0, 5, 5))
+    state.drop_below(15)
+    assert sorted(state.producers) == [2, 3] and state.changed

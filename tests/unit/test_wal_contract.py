@@ -1,16 +1,21 @@
-"""The WAL contract, run against every implementation (and `open_wal`'s URI forms)."""
+"""The WAL contract, run against every implementation (and `open_wal`'s URI forms):
+`FileWAL` buffered and O_DIRECT, `MemoryWAL`, `ObjectWAL` over an in-memory store and over
+S3 (moto), and `LatencyWAL` around a `FileWAL`."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import random
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tidelog.objectstore.latency import LatencyObjectStore, LatencyProfile
+from tidelog.objectstore.uri import open_object_store
 from tidelog.stream.wal.base import (
     WAL,
     WalClosedError,
@@ -18,8 +23,11 @@ from tidelog.stream.wal.base import (
     WalFullError,
     WalRecord,
 )
+from tidelog.stream.wal.file_io import ALIGN
 from tidelog.stream.wal.file_wal import FileWAL
+from tidelog.stream.wal.latency import LatencyWAL
 from tidelog.stream.wal.memory_wal import MemoryWAL, MemoryWALStore
+from tidelog.stream.wal.object_wal import ObjectWAL
 from tidelog.stream.wal.ring_format import RECORD_HEADER_SIZE
 from tidelog.stream.wal.uri import open_wal, parse_size
 
@@ -28,15 +36,33 @@ WalFactory = Callable[..., WAL]
 CAPACITY = 16 * 1024
 
 
-@pytest.fixture(params=["file", "memory"])
+@pytest.fixture(params=["file", "file-direct", "memory", "object", "object-s3", "latency"])
 def make_wal(request: pytest.FixtureRequest, tmp_path: Path) -> WalFactory:
-    if request.param == "file":
-        path = str(tmp_path / "wal")
+    path = str(tmp_path / "wal")
+    if request.param in ("file", "file-direct", "latency"):
+        direct = request.param == "file-direct"
 
         def make_file(capacity: int = CAPACITY, **options: Any) -> WAL:
-            return FileWAL(path, capacity=capacity, **options)
+            # O_DIRECT keeps one block free in front of the trim: add it, same usable room
+            wal = FileWAL(path, capacity=capacity + (ALIGN if direct else 0), direct=direct,
+                          **options)
+            if request.param == "latency":  # a constant 1 ms on every group
+                return LatencyWAL(wal, LatencyProfile(median=0.001, p99=0.001))
+            return wal
 
         return make_file
+    if request.param.startswith("object"):
+        if request.param == "object-s3":
+            moto = request.getfixturevalue("moto_s3")
+            uri = str(moto["uri"]).replace("?", f"/wal-{uuid.uuid4().hex}?", 1)
+        else:
+            uri = "memory://"
+        object_store = open_object_store(uri)
+
+        def make_object(capacity: int = CAPACITY, **options: Any) -> WAL:
+            return ObjectWAL(object_store, capacity=capacity, batch_interval=0.001, **options)
+
+        return make_object
     store = MemoryWALStore()
 
     def make_memory(capacity: int = CAPACITY, **options: Any) -> WAL:
@@ -172,7 +198,7 @@ async def test_wrap_around_many_laps_recovers_exactly_the_live_records(
             recovered = list(wal.recover())
             assert [fields(r) for r in recovered] == [fields(r) for r in live]
             assert [r.next_position for r in recovered] == [r.next_position for r in live]
-    assert wal.end_position > 50 * capacity or isinstance(wal, MemoryWAL)
+    assert wal.end_position > 50 * capacity or isinstance(wal, MemoryWAL | ObjectWAL)
     await wal.close()
 
 
@@ -243,6 +269,9 @@ async def test_closed_wal_refuses_appends(make_wal: WalFactory) -> None:
         ("file:///tmp/tidelog-wal-uri-test", FileWAL),
         ("file://./data/wal", FileWAL),
         ("data/wal", FileWAL),
+        ("file:///tmp/wal?emulate.latency=1ms/5ms", LatencyWAL),
+        ("s3://bucket/wal?region=us-east-1", ObjectWAL),
+        ("gs://bucket/wal", ObjectWAL),
     ],
 )
 def test_open_wal_builds_each_kind(uri: str, kind: type[WAL]) -> None:
@@ -267,11 +296,41 @@ def test_open_wal_paths_and_options(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert fresh.store is not other.store
     hostish = open_wal("file://data/x.wal")  # read as relative, like server.wal_file_uri
     assert isinstance(hostish, FileWAL) and hostish.path == str(tmp_path / "data" / "x.wal")
-    for bad in ("s3://bucket/wal", "file://", "file:///x?colour=red"):
+    direct = open_wal("file:///dev/nvme1n1?direct=true")
+    assert isinstance(direct, FileWAL) and direct.path == "/dev/nvme1n1"
+    assert direct._direct
+    for bad in ("ftp://host/wal", "file://", "file:///x?colour=red", "file:///x?direct=maybe",
+                "file:///x?emulate.colour=red", "memory://?batch.bytes=1"):
         with pytest.raises(ValueError):
             open_wal(bad)
     with pytest.raises(ValueError):
         open_wal("memory://", max_write_bytes=10)
+
+
+def test_open_wal_object_options() -> None:
+    """WAL keys configure the ObjectWAL, the rest the store; emulation wraps the store."""
+    wal = open_wal(
+        "s3://bucket/wal/broker-1?batch.interval.ms=100&batch.bytes=1MiB&capacity=64MiB"
+        "&region=us-east-1&emulate.latency=80ms/300ms&emulate.seed=3",
+        append_timeout=2.0,
+    )
+    assert isinstance(wal, ObjectWAL)
+    assert wal.name == "s3://bucket/wal/broker-1"  # no query: it may hold secrets
+    assert (wal._batch_interval, wal._batch_bytes) == (0.1, 1 << 20)
+    assert wal.capacity == 64 << 20 and wal._append_timeout == 2.0
+    assert isinstance(wal.store, LatencyObjectStore)
+    assert wal.store.sampler.profile == LatencyProfile(0.08, 0.3, seed=3)
+    assert "EMULATED" in repr(wal.store)
+    wrapped: list[object] = []
+
+    def wrap(store: Any) -> Any:
+        wrapped.append(store)
+        return store
+
+    plain = open_wal("s3://bucket/wal?region=us-east-1", wrap_store=wrap)
+    assert isinstance(plain, ObjectWAL) and wrapped == [plain.store]
+    with pytest.raises(ValueError):  # not an S3 setting
+        open_wal("s3://bucket/wal?colour=red")
 
 
 def test_parse_size() -> None:
@@ -281,3 +340,20 @@ def test_parse_size() -> None:
     assert parse_size("512mb") == 512 << 20
     with pytest.raises(ValueError):
         parse_size("lots")
+
+
+def test_each_broker_gets_its_own_wal(tmp_path: Path) -> None:
+    """`wal.uri` is one value for a cluster: a directory or prefix, each broker under it."""
+    from tidelog.server import wal_file_uri
+
+    assert wal_file_uri("s3://b/wal?batch.interval.ms=100&region=x", 3) == (
+        "s3://b/wal/broker-3?batch.interval.ms=100&region=x"
+    )
+    assert wal_file_uri("s3://b", 3) == "s3://b/broker-3"
+    assert wal_file_uri(f"file://{tmp_path}/wal?direct=true", 3) == (
+        f"file://{tmp_path}/wal/broker-3.wal?direct=true"
+    )
+    assert (tmp_path / "wal").is_dir()
+    assert wal_file_uri(f"file://{tmp_path}/one.wal", 3) == f"file://{tmp_path}/one.wal"
+    assert wal_file_uri("file:///dev/null", 3) == "file:///dev/null"  # a device as it is
+    assert wal_file_uri("memory://x", 3) == "memory://x"

@@ -1,7 +1,8 @@
 """CreateTopics and DeleteTopics.
 
 Replication factor is accepted and reported as 1: durability comes from the WAL and
-object storage, not from copies on brokers, so any requested factor is satisfied.
+object storage, not from copies on brokers, so any requested factor is satisfied. Topic
+configs are validated like AlterConfigs (INVALID_CONFIG) and returned in v5+ responses.
 """
 
 from __future__ import annotations
@@ -10,12 +11,21 @@ import logging
 from datetime import timedelta
 from typing import Any
 
+from tidelog.api import broker_configs
 from tidelog.api.base import NONE, Api, Context, error, make, response_module
-from tidelog.partition.topics import TopicError
+from tidelog.partition.topic_config import describe_topic
+from tidelog.partition.topics import Topic, TopicError
 from tidelog.protocol.codec import RequestHeader
 
 log = logging.getLogger(__name__)
 CREATE_TOPICS, DELETE_TOPICS = 19, 20
+
+
+def _configs(mod: Any, ctx: Context, topic: Topic) -> tuple[Any, ...]:
+    return tuple(make(mod.CreatableTopicConfigs, name=d.name, value=d.value,
+                      read_only=d.read_only, config_source=int(d.source),
+                      is_sensitive=d.sensitive)
+                 for d in describe_topic(topic.configs, broker_configs.layers(ctx.topics)))
 
 
 async def handle_create_topics(ctx: Context, header: RequestHeader, req: Any) -> Any:
@@ -23,7 +33,7 @@ async def handle_create_topics(ctx: Context, header: RequestHeader, req: Any) ->
     results = []
     seen: set[str] = set()
     for t in req.topics:
-        code, msg, topic_id, nparts = NONE, None, None, t.num_partitions
+        code, msg, topic_id, nparts, configs = NONE, None, None, t.num_partitions, None
         try:
             if t.name in seen:
                 raise TopicError("invalid_request", f"topic {t.name!r} listed twice")
@@ -35,10 +45,14 @@ async def handle_create_topics(ctx: Context, header: RequestHeader, req: Any) ->
             if t.replication_factor == 0 or t.replication_factor < -1:
                 raise TopicError("invalid_replication_factor",
                                  f"replication factor {t.replication_factor} is invalid")
-            configs = {c.name: c.value for c in t.configs if c.value is not None}
-            topic = await ctx.topics.create(t.name, nparts, configs,
-                                            validate_only=req.validate_only)
+            if len({c.name for c in t.configs}) != len(t.configs):
+                raise TopicError("invalid_config", "a config is given twice")
+            topic = await ctx.topics.create(
+                t.name, nparts, {c.name: c.value for c in t.configs if c.value is not None},
+                validate_only=req.validate_only)
             topic_id = topic.topic_id
+            if header.api_version >= 5:
+                configs = _configs(mod, ctx, topic)
         except TopicError as exc:
             code, msg = error(exc.code), str(exc)
             log.info("CreateTopics %s: %s", t.name, exc)
@@ -46,7 +60,7 @@ async def handle_create_topics(ctx: Context, header: RequestHeader, req: Any) ->
             mod.CreatableTopicResult, name=t.name, topic_id=topic_id, error_code=code,
             error_message=msg, topic_config_error_code=NONE,
             num_partitions=nparts if code == NONE else -1,
-            replication_factor=1 if code == NONE else -1, configs=None))
+            replication_factor=1 if code == NONE else -1, configs=configs))
     return make(mod.CreateTopicsResponse, throttle_time=timedelta(0), topics=tuple(results))
 
 

@@ -6,8 +6,9 @@ import logging
 
 from tidelog.api.api_versions import API_VERSIONS, api_versions_response
 from tidelog.api.base import Context, Encoded
-from tidelog.api.produce import NO_RESPONSE
+from tidelog.api.produce import NO_RESPONSE, PRODUCE
 from tidelog.api.registry import ALL, BY_KEY
+from tidelog.api.traffic import client_zone, produce_data_bytes, traffic
 from tidelog.protocol.codec import decode_request, encode_response, peek_header
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,7 @@ class Dispatcher:
         self.ctx = ctx
         ctx.extras["apis"] = ALL
         self.by_api: dict[int, int] = {}
+        self.traffic = traffic(ctx)
 
     async def __call__(
         self, frame: bytes, client_host: str = ""
@@ -44,10 +46,15 @@ class Dispatcher:
             raise ProtocolViolation(
                 f"malformed request (api key {head.api_key} v{version}): {exc!r}") from exc
         self.by_api[head.api_key] = self.by_api.get(head.api_key, 0) + 1
+        zone = client_zone(self.traffic, req)
+        self.traffic.from_client(zone, len(frame) + 4,
+                                 produce_data_bytes(req) if head.api_key == PRODUCE else 0)
         header.client_host = client_host
         resp = await api.handler(self.ctx, header, req)
         if resp is NO_RESPONSE:
             return None
-        if isinstance(resp, Encoded):
+        if isinstance(resp, Encoded):  # Fetch: it counted its own bytes, only it knows the data
             return resp.buffers
-        return encode_response(head.api_key, version, head.correlation_id, resp)
+        out = encode_response(head.api_key, version, head.correlation_id, resp)
+        self.traffic.to_client(zone, len(out), 0)
+        return out

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kio.schema.errors import ErrorCode
 
 from tidelog.api.base import NONE, Api, Context, error, make, response_module
-from tidelog.partition.partition import Partition
+from tidelog.api.traffic import traffic
+from tidelog.partition.partition import Partition, PartitionError
 from tidelog.partition.producer_state import ProducerStateError
 from tidelog.protocol import records
 from tidelog.protocol.codec import RequestHeader
@@ -26,37 +27,41 @@ PRODUCE = 0
 NO_RESPONSE = object()  # acks=0
 
 
+Outcome = tuple[ErrorCode, int, int, str | None, int]
+"""(error, base offset, log start offset, message, log append time or -1)."""
+
+
 async def _append(
     ctx: Context, p: Partition | None, data: bytes | None, timeout: float
-) -> tuple[ErrorCode, int, int, str | None]:
-    """(error, base offset, log start offset, message) for one partition."""
+) -> Outcome:
+    """The outcome for one partition; its topic's limits (max.message.bytes, timestamp
+    bounds) are checked by `Partition.append`."""
     if p is None:
-        return error("unknown_topic_or_partition"), -1, -1, None
+        return error("unknown_topic_or_partition"), -1, -1, None, -1
     if not data:
-        return error("invalid_record"), -1, -1, "empty record set"
-    if len(data) > ctx.config.max_message_bytes:
-        return error("message_too_large"), -1, -1, (
-            f"record set of {len(data)} bytes exceeds max.message.bytes "
-            f"{ctx.config.max_message_bytes}")
+        return error("invalid_record"), -1, -1, "empty record set", -1
     try:
         res = await p.append(data, timeout)
-        return NONE, res.base_offset, res.log_start_offset, None
+        traffic(ctx).produced(p.topic, data)
+        return NONE, res.base_offset, res.log_start_offset, None, res.log_append_time
+    except PartitionError as exc:
+        return error(exc.code), -1, -1, str(exc), -1
     except ProducerStateError as exc:
-        return error(exc.code), -1, -1, str(exc)
+        return error(exc.code), -1, -1, str(exc), -1
     except records.UnsupportedMagicError as exc:
-        return error("unsupported_version"), -1, -1, str(exc)
+        return error("unsupported_version"), -1, -1, str(exc), -1
     except records.CorruptRecordError as exc:
         log.warning("produce to %s-%d refused: %s", p.topic, p.index, exc)
-        return error("corrupt_message"), -1, -1, str(exc)
+        return error("corrupt_message"), -1, -1, str(exc), -1
     except records.InvalidRecordError as exc:
         log.warning("produce to %s-%d refused: %s", p.topic, p.index, exc)
-        return error("invalid_record"), -1, -1, str(exc)
+        return error("invalid_record"), -1, -1, str(exc), -1
     except BackPressureTimeout as exc:
-        return error("request_timed_out"), -1, -1, str(exc)
+        return error("request_timed_out"), -1, -1, str(exc), -1
     except StorageError as exc:
-        return error("kafka_storage_error"), -1, -1, str(exc)
+        return error("kafka_storage_error"), -1, -1, str(exc), -1
     except StreamError as exc:
-        return error("not_leader_or_follower"), -1, -1, str(exc)
+        return error("not_leader_or_follower"), -1, -1, str(exc), -1
 
 
 async def handle_produce(ctx: Context, header: RequestHeader, req: Any) -> Any:
@@ -75,18 +80,18 @@ async def handle_produce(ctx: Context, header: RequestHeader, req: Any) -> Any:
     if req.acks == 0:
         return NO_RESPONSE
     by_topic: dict[str, list[Any]] = {}
-    for (name, index, _), (code, base, start, msg) in zip(jobs, results, strict=True):
+    for (name, index, _), (code, base, start, msg, at) in zip(jobs, results, strict=True):
         by_topic.setdefault(name, []).append(make(
             mod.PartitionProduceResponse, index=index, error_code=code, base_offset=base,
-            log_append_time=None, log_start_offset=start, record_errors=(),
-            error_message=msg))
+            log_append_time=None if at < 0 else datetime.fromtimestamp(at / 1000, UTC),
+            log_start_offset=start, record_errors=(), error_message=msg))
     return make(mod.ProduceResponse, throttle_time=timedelta(0), responses=tuple(
         make(mod.TopicProduceResponse, name=name, partition_responses=tuple(parts))
         for name, parts in by_topic.items()))
 
 
-async def _const(code: ErrorCode) -> tuple[ErrorCode, int, int, str | None]:
-    return code, -1, -1, None
+async def _const(code: ErrorCode) -> Outcome:
+    return code, -1, -1, None, -1
 
 
 APIS = [Api(PRODUCE, 3, 11, handle_produce)]

@@ -5,12 +5,14 @@ from __future__ import annotations
 from tidelog.api import (
     admin,
     api_versions,
+    configs,
     consumer_groups,
     fetch,
     groups,
     list_offsets,
     metadata,
     offsets,
+    partitions_admin,
     produce,
     txn,
 )
@@ -20,6 +22,8 @@ ALL: list[Api] = [
     *api_versions.APIS,
     *metadata.APIS,
     *admin.APIS,
+    *configs.APIS,
+    *partitions_admin.APIS,
     *produce.APIS,
     *fetch.APIS,
     *list_offsets.APIS,

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from time import perf_counter
 
 from tidelog.protocol.codec import FrameError, FrameReader
 
@@ -22,14 +25,39 @@ Response = bytes | list[bytes | bytearray | memoryview] | None
 Dispatch = Callable[[bytes, str], Awaitable[Response]]
 
 MAX_IN_FLIGHT = 64
+_API = struct.Struct(">hh")  # request header: api key, api version
+
+
+@dataclass(slots=True)
+class RequestTiming:
+    """One request's life in `perf_counter` seconds, handed to the listener's observer
+    once its response is written (Kafka's request metrics are derived from it)."""
+
+    api_key: int
+    api_version: int
+    received: float
+    """The whole frame was read."""
+    started: float = 0.0
+    """The handler began (the gap is time queued on the event loop)."""
+    finished: float = 0.0
+    """The handler returned its response."""
+    sending: float = 0.0
+    """Earlier responses on the connection were out: this one is written now."""
+    sent: float = 0.0
+    """Handed to the transport."""
+
+
+RequestObserver = Callable[[RequestTiming], None]
 
 
 class KafkaConnection(asyncio.Protocol):
     def __init__(self, dispatch: Dispatch, max_frame: int, on_close: Callable[
-            [KafkaConnection], None]) -> None:
+            [KafkaConnection], None], observer: RequestObserver | None = None) -> None:
         self._dispatch = dispatch
         self._reader = FrameReader(max_frame)
         self._pending: deque[asyncio.Task[Response]] = deque()
+        self._observer = observer
+        self._timings: deque[RequestTiming] = deque()  # beside _pending, with an observer
         self._transport: asyncio.Transport | None = None
         self._paused_reading = False
         self._write_paused = False
@@ -48,7 +76,13 @@ class KafkaConnection(asyncio.Protocol):
         self._reader.receive_data(data)
         try:
             while (frame := self._reader.next_frame()) is not None:
-                task = asyncio.ensure_future(self._dispatch(frame, self.peer_host))
+                if self._observer is None:
+                    task = asyncio.ensure_future(self._dispatch(frame, self.peer_host))
+                else:
+                    api_key, api_version = _API.unpack_from(frame, 0)
+                    timing = RequestTiming(api_key, api_version, perf_counter())
+                    self._timings.append(timing)
+                    task = asyncio.ensure_future(self._timed(frame, timing))
                 task.add_done_callback(self._request_done)
                 self._pending.append(task)
         except FrameError as exc:
@@ -56,9 +90,17 @@ class KafkaConnection(asyncio.Protocol):
             return
         self._update_reading()
 
+    async def _timed(self, frame: bytes, timing: RequestTiming) -> Response:
+        timing.started = perf_counter()
+        try:
+            return await self._dispatch(frame, self.peer_host)
+        finally:
+            timing.finished = perf_counter()
+
     def _request_done(self, _task: asyncio.Task[Response]) -> None:
         while self._pending and self._pending[0].done():
             task = self._pending.popleft()
+            timing = self._timings.popleft() if self._timings else None
             if task.cancelled():
                 continue
             exc = task.exception()
@@ -67,11 +109,16 @@ class KafkaConnection(asyncio.Protocol):
                            else repr(exc), exc)
                 return
             out = task.result()
+            if timing is not None:
+                timing.sending = perf_counter()
             if out is not None and self._transport is not None:
                 if isinstance(out, bytes):
                     self._transport.write(out)
                 else:
                     self._transport.writelines(out)
+            if timing is not None and self._observer is not None:
+                timing.sent = perf_counter()
+                self._observer(timing)
         self._update_reading()
 
     def abort(self, why: str, exc: BaseException | None = None) -> None:
@@ -85,6 +132,7 @@ class KafkaConnection(asyncio.Protocol):
         # In-flight requests run to completion (a produce already in the WAL must finish);
         # their responses are dropped.
         self._pending.clear()
+        self._timings.clear()
 
     def _update_reading(self) -> None:
         if self._transport is None:
@@ -108,13 +156,15 @@ class KafkaConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._pending.clear()
+        self._timings.clear()
         self._on_close(self)
 
 
 class KafkaListener:
     def __init__(self, dispatch: Dispatch, host: str, port: int,
-                 max_frame: int = 100 << 20) -> None:
+                 max_frame: int = 100 << 20, observer: RequestObserver | None = None) -> None:
         self._dispatch = dispatch
+        self._observer = observer
         self.host = host
         self.port = port
         self._max_frame = max_frame
@@ -125,7 +175,8 @@ class KafkaListener:
         loop = asyncio.get_running_loop()
 
         def factory() -> KafkaConnection:
-            conn = KafkaConnection(self._dispatch, self._max_frame, self.connections.discard)
+            conn = KafkaConnection(self._dispatch, self._max_frame, self.connections.discard,
+                                   self._observer)
             self.connections.add(conn)
             return conn
 

@@ -28,6 +28,7 @@ from tidelog.partition.producer_state import (
     ProducerState,
     control_type,
 )
+from tidelog.partition.topic_config import TopicConfig, resolve
 from tidelog.protocol import records
 from tidelog.protocol.record_reader import read_records, record_timestamps
 from tidelog.stream.engine import BackPressureTimeout
@@ -39,12 +40,23 @@ SNAPSHOT_INTERVAL = 30.0
 SNAPSHOT_BYTES = 64 << 20
 PRODUCER_EXPIRATION_MS = 86_400_000
 _TXN_ATTRS = records.CONTROL_BIT | records.TRANSACTIONAL_BIT
+DEFAULT_CONFIG = resolve({}, {})
+
+
+class PartitionError(Exception):
+    """A Kafka error for one partition; `code` is the ErrorCode name."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:
     base_offset: int
     log_start_offset: int
+    log_append_time: int = -1
+    """The time stamped on the batches (LogAppendTime topics), else -1."""
 
 
 def describe(payload: bytes) -> tuple[int, int]:
@@ -54,6 +66,30 @@ def describe(payload: bytes) -> tuple[int, int]:
         max_ts = max(max_ts, b.max_timestamp)
         count += b.record_count
     return max_ts, count
+
+
+def _check_sizes(batches: list[records.BatchInfo], total: int, cfg: TopicConfig) -> None:
+    """Kafka's limits: each batch within max.message.bytes, the append within a segment."""
+    for b in batches:
+        if b.size > cfg.max_message_bytes:
+            raise PartitionError("message_too_large", f"the record batch of {b.size} bytes "
+                                 f"exceeds max.message.bytes {cfg.max_message_bytes}")
+    if total > cfg.segment_bytes:
+        raise PartitionError("record_list_too_large", f"the append of {total} bytes exceeds "
+                             f"segment.bytes {cfg.segment_bytes}")
+
+
+def _check_timestamps(batches: list[records.BatchInfo], cfg: TopicConfig, now: int) -> None:
+    """CreateTime bounds (message.timestamp.before/after.max.ms), checked on each batch's
+    first and largest timestamps: the headers carry them, the records stay unread. A batch
+    without timestamps (-1) passes, as in Kafka."""
+    low, high = now - cfg.message_timestamp_before_max_ms, now + cfg.message_timestamp_after_max_ms
+    for b in batches:
+        if b.base_timestamp != -1 and (b.base_timestamp < low or b.max_timestamp > high):
+            raise PartitionError("invalid_timestamp", f"batch timestamps "
+                                 f"[{b.base_timestamp}, {b.max_timestamp}] are outside "
+                                 f"[{low}, {high}] (the broker's time {now} and the topic's "
+                                 f"message.timestamp.before/after.max.ms)")
 
 
 def _producer_batch(b: records.BatchInfo) -> records.BatchInfo | None:
@@ -72,13 +108,16 @@ def _producer_batch(b: records.BatchInfo) -> records.BatchInfo | None:
 class Partition:
     def __init__(self, topic: str, index: int, stream: Stream, leader_epoch: int = 0,
                  meta: MetadataStore | None = None,
-                 producer_expiration_ms: int = PRODUCER_EXPIRATION_MS) -> None:
+                 producer_expiration_ms: int = PRODUCER_EXPIRATION_MS,
+                 config: TopicConfig = DEFAULT_CONFIG) -> None:
         self.topic = topic
         self.index = index
         self.stream = stream
         self.leader_epoch = leader_epoch
         self.meta = meta
         self.producer_expiration_ms = producer_expiration_ms
+        self.config = config
+        """The topic's resolved config; the topic manager replaces it when configs change."""
         self.producers = ProducerState()
         self._snap_bytes = 0
         self._snap_time = time.monotonic()
@@ -104,10 +143,16 @@ class Partition:
     async def append(self, batch_bytes: bytes, timeout: float | None = None) -> AppendResult:
         """Validate, check producer state, assign offsets and make durable.
 
-        Raises `records.InvalidRecordError` or `producer_state.ProducerStateError`; a retry
-        of a recent batch returns the original offsets once they are durable.
+        Raises `records.InvalidRecordError`, `producer_state.ProducerStateError` or
+        `PartitionError` (the topic's size and timestamp limits); a retry of a recent batch
+        returns the original offsets once they are durable.
         """
         batches = records.validate(batch_bytes)
+        cfg = self.config
+        if len(batch_bytes) > cfg.max_message_bytes or len(batch_bytes) > cfg.segment_bytes:
+            _check_sizes(batches, len(batch_bytes), cfg)
+        if cfg.checks_timestamps:
+            _check_timestamps(batches, cfg, int(time.time() * 1000))
         first = batches[0]
         checked: records.BatchInfo | None = None
         if len(batches) == 1:
@@ -119,7 +164,12 @@ class Partition:
         buf = bytearray(batch_bytes)
         count = first.last_offset_delta + 1 if len(batches) == 1 else sum(
             b.last_offset_delta + 1 for b in batches)
-        max_ts = max(b.max_timestamp for b in batches)
+        append_time = -1
+        if cfg.log_append_time:
+            append_time = max_ts = int(time.time() * 1000)
+            records.set_log_append_time(buf, batches, append_time)
+        else:
+            max_ts = max(b.max_timestamp for b in batches)
         nrec = sum(b.record_count for b in batches)
         epoch = self.leader_epoch
         state = self.producers
@@ -135,7 +185,24 @@ class Partition:
             await self._wait_durable(dup.last_offset, timeout)
             return AppendResult(dup.base_offset, self.log_start_offset)
         self._appended(len(buf))
-        return AppendResult(base, self.log_start_offset)
+        return AppendResult(base, self.log_start_offset, append_time)
+
+    async def delete_records(self, offset: int) -> int:
+        """Move the log start to `offset` (-1: the high watermark), as DeleteRecords does;
+        returns the new log start (low watermark). Offsets below it stop being readable at
+        once; the objects holding only them become garbage."""
+        if "delete" not in self.config.cleanup_policy:
+            raise PartitionError("policy_violation", f"records of {self.topic}-{self.index} "
+                                 f"cannot be deleted: cleanup.policy has no delete")
+        hw = self.high_watermark
+        target = hw if offset == -1 else offset
+        if target < 0 or target > hw:
+            raise PartitionError("offset_out_of_range", f"offset {offset} is not in "
+                                 f"[0, {hw}] (the high watermark) of {self.topic}-{self.index}")
+        if target > self.log_start_offset:
+            await self.stream.trim(target)
+            self.producers.drop_below(self.log_start_offset)
+        return self.log_start_offset
 
     async def write_marker(self, producer_id: int, producer_epoch: int, commit: bool,
                            coordinator_epoch: int = 0) -> int:

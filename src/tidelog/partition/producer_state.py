@@ -190,6 +190,18 @@ class ProducerState:
         if i:
             del self.aborted[:i]
 
+    def drop_below(self, log_start: int) -> None:
+        """The log start moved (retention, DeleteRecords): forget producers whose last
+        batch is gone, as Kafka does; their next batch gets UNKNOWN_PRODUCER_ID and the
+        client resets its sequence."""
+        dead = [pid for pid, e in self.producers.items()
+                if e.txn_first < 0 and e.batches and e.batches[-1][3] < log_start]
+        for pid in dead:
+            del self.producers[pid]
+        self.trim(log_start)
+        if dead:
+            self.changed = True
+
     def to_json(self) -> dict[str, object]:
         return {
             "producers": {str(pid): [e.epoch, [list(b) for b in e.batches], e.txn_first,

@@ -139,6 +139,22 @@ def assign_offsets(
     return nxt
 
 
+_ATTRIBUTES = struct.Struct(">h")
+_MAX_TIMESTAMP = struct.Struct(">q")
+_CRC = struct.Struct(">I")
+
+
+def set_log_append_time(buf: bytearray, batches: list[BatchInfo], timestamp: int) -> None:
+    """Stamp each batch with the broker's time (topics with LogAppendTime): set the
+    timestamp-type bit and maxTimestamp, then the CRC they are covered by. Consumers take
+    every record's time from maxTimestamp in such a batch; the records stay as sent."""
+    for b in batches:
+        p = b.position
+        _ATTRIBUTES.pack_into(buf, p + CRC_START, b.attributes | TIMESTAMP_TYPE_BIT)
+        _MAX_TIMESTAMP.pack_into(buf, p + 35, timestamp)
+        _CRC.pack_into(buf, p + 17, crc32c.crc32c(memoryview(buf)[p + CRC_START : p + b.size]))
+
+
 def build_batch(
     records: Sequence[tuple[bytes | None, bytes | None]],
     base_offset: int = 0,

@@ -29,14 +29,15 @@ from tidelog.stream.log_cache import CacheEntry, LogCache
 from tidelog.stream.object_compaction import CompactionConfig, compact_objects
 from tidelog.stream.object_format import BlockIndex, ObjectBuilder, Record
 from tidelog.stream.object_index import ObjectIndex
-from tidelog.stream.objects import ObjectCatalog, meta_key
+from tidelog.stream.objects import ObjectCatalog, meta_key, object_kind
 from tidelog.stream.stream import Stream, StreamMeta
-from tidelog.stream.wal.base import WAL
+from tidelog.stream.wal.base import WAL, Histogram
 
 log = logging.getLogger(__name__)
 
 STREAMS = "/streams/"
 RECORD_OVERHEAD = 256  # bytes we assume a WAL adds around a payload (header, padding slack)
+UPLOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 # (payload) -> (max_timestamp, record_count): lets recovery describe WAL records without
 # the engine knowing the batch format.
@@ -100,6 +101,12 @@ class StreamEngine:
         self.objects_written = 0
         self.compactions = 0
         self.objects_compacted = 0
+        # for the metrics endpoint, read at scrape time
+        self.stream_objects_written = 0  # of objects_written; the others are stream set objects
+        self.upload_seconds = Histogram(UPLOAD_BUCKETS)
+        self.log_cache_hits = 0  # reads served by the log cache alone
+        self.log_cache_misses = 0  # reads that needed objects
+        self.backpressure_waits = 0
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -214,6 +221,7 @@ class StreamEngine:
             self._upload_now.set()
             if deadline is None:
                 deadline = self._clock() + (timeout or self.config.append_timeout)
+                self.backpressure_waits += 1
             remaining = deadline - self._clock()
             if remaining <= 0:
                 raise BackPressureTimeout("WAL full: uploads are not keeping up")
@@ -297,6 +305,7 @@ class StreamEngine:
             entries = self.cache.confirmed_prefix(self.config.upload_bytes)
             if not entries:
                 return 0
+            started = time.perf_counter()
             by_stream: dict[int, list[CacheEntry]] = {}
             for e in entries:
                 if e.stream_id in self.streams:
@@ -334,6 +343,8 @@ class StreamEngine:
             self.uploads += 1
             self.uploaded_bytes += size
             self.objects_written += len(objects)
+            self.stream_objects_written += sum(object_kind(k) == "s" for k, _ in objects)
+            self.upload_seconds.observe(time.perf_counter() - started)
             log.debug("uploaded %d bytes in %d objects", size, len(objects))
             return size
 
@@ -396,6 +407,7 @@ class StreamEngine:
                 self.catalog.unlinked(rev, changes)
                 self.catalog.referenced(rev, objects)
                 self.objects_written += len(objects)
+                self.stream_objects_written += sum(object_kind(k) == "s" for k, _ in objects)
                 return True
         except BaseException:
             self.catalog.abandon(k for k, _ in objects)
@@ -424,9 +436,10 @@ class StreamEngine:
     async def _collect_garbage(self) -> None:
         """Unlink objects no live stream references; delete them after the grace period
         (readers already on them finish first)."""
-        async with self._upload_lock:
+        async with self._upload_lock:  # the unlink commit must not interleave with others
             starts = {sid: s.meta.start_offset for sid, s in self.streams.items()}
-            await self.catalog.collect(starts)
+            await self.catalog.unlink_unreferenced(starts)
+        await self.catalog.delete_expired()  # slow DELETEs: uploads go on meanwhile
 
     # ---- read path ------------------------------------------------------------------
 
@@ -437,6 +450,7 @@ class StreamEngine:
         total = 0
         offset = start
         sid = stream.stream_id
+        from_objects = False
         while offset < end and (total < max_bytes or not out):
             first_cached = self.cache.first_offset(sid)
             if first_cached is not None and offset >= first_cached:
@@ -455,6 +469,7 @@ class StreamEngine:
             if b.start_offset > offset:
                 offset = min(b.start_offset, end)
                 continue
+            from_objects = True
             block = await self.blocks.get(key, b.position, b.size)
             if i + 1 < len(blocks):  # read-ahead for sequential consumers
                 nk, nb = blocks[i + 1]
@@ -465,6 +480,10 @@ class StreamEngine:
                 if out:
                     break  # the next batch does not fit in max_bytes
                 offset = min(b.end_offset, end)  # compaction emptied the block's tail
+        if from_objects:
+            self.log_cache_misses += 1
+        elif out:
+            self.log_cache_hits += 1
         return out, offset
 
 

@@ -161,9 +161,9 @@ class ObjectCatalog:
 
     # ---- garbage collection ----------------------------------------------------------
 
-    async def collect(self, starts: dict[int, int]) -> int:
-        """Unlink objects no live stream needs; delete garbage older than the grace
-        period. Returns the number of objects deleted from the store."""
+    async def unlink_unreferenced(self, starts: dict[int, int]) -> int:
+        """Move objects no live stream needs (`starts`: each live stream's start offset)
+        to garbage, in one commit; returns how many."""
         dead = self.index.unreferenced(starts)
         if dead:
             txn = Txn()
@@ -171,6 +171,11 @@ class ObjectCatalog:
             rev = await self.meta.commit(txn)
             self.unlinked(rev, changes)
             log.info("%d unreferenced objects are now garbage", len(dead))
+        return len(dead)
+
+    async def delete_expired(self) -> int:
+        """Delete garbage older than the grace period from the store, then its record.
+        Returns the number of objects deleted."""
         now = self._clock()
         deleted = 0
         for oid, g in sorted(self.garbage.items()):

@@ -113,6 +113,22 @@ class Stream:
                    if e.last_offset < self.confirm_offset)
         return out
 
+    def size_ranges(self) -> list[tuple[int, int, int]]:
+        """`(start, end, bytes)` of every stored range, oldest first (size retention, log
+        dir sizes): uploaded blocks, then what waits in the log cache."""
+        out = [(b.start_offset, b.end_offset, b.size)
+               for _, b in self._engine.index.blocks(self.stream_id)
+               if b.end_offset > self.start_offset]
+        out.extend((e.base_offset, e.last_offset + 1, len(e.payload))
+                   for e in self._engine.cache.entries(self.stream_id)
+                   if e.last_offset < self.confirm_offset)
+        return out
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes this stream holds from its start offset on (objects and log cache)."""
+        return sum(n for _, _, n in self.size_ranges())
+
     def wait_for_data(self) -> asyncio.Future[None]:
         """A future done at the next confirmed append (long polling)."""
         fut = asyncio.get_running_loop().create_future()

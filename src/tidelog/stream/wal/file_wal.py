@@ -1,22 +1,24 @@
-"""`FileWAL`: a preallocated ring file on any POSIX path (local disk, EBS, NFS/FSx mount).
+"""`FileWAL`: a ring file on any POSIX path (local disk, EBS, NFS/FSx mount) or a raw device.
 
 The file's layout (header slots, records, laps, sessions, positions) and the recovery scan
-live in `ring_format`. This module is the writer:
+live in `ring_format`; the medium (regular file or block device, buffered or O_DIRECT) in
+`file_io`. This module is the writer:
 - *group*: the appends gathered while the previous write was in flight. One `pwritev` (two
   when the group wraps the ring end) and one `fdatasync`, in a dedicated thread, make all of
   them durable; then every waiter is released in order.
 - *back-pressure*: an append that does not fit waits, first come first served, until `trim`
   frees room (at most `append_timeout`).
-- *fencing*: `open` bumps the slot's epoch and session; every write first re-reads the slot
-  and refuses to go on once a newer opener took over.
+- *fencing*: `open` bumps the slot's epoch and session; every group write re-reads the slot
+  before writing and again after its `fdatasync`, and refuses to go on (and to acknowledge)
+  once a newer opener took over. So an older writer cannot make an append durable and
+  acknowledged after a newer one opened the file: either the newer one's scan found it, or
+  the older one's second read sees the newer slot.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -33,6 +35,7 @@ from tidelog.stream.wal.base import (
     WalRecord,
     WalStats,
 )
+from tidelog.stream.wal.file_io import ALIGN, WalFile, open_wal_file
 from tidelog.stream.wal.ring_format import (
     HEADER_AREA,
     KIND_DATA,
@@ -44,10 +47,10 @@ from tidelog.stream.wal.ring_format import (
     HeaderSlot,
     KiB,
     MiB,
+    byte_view,
     check_u64,
     encode_record_header,
     encode_slot,
-    open_or_create,
     read_latest_slot,
     scan,
 )
@@ -57,36 +60,6 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 MIN_CAPACITY = 4 * KiB
-_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
-
-
-# --- Writing (blocking; always run in the WAL's thread) ---
-
-
-def _datasync(fd: int) -> None:
-    if sys.platform == "darwin":
-        os.fsync(fd)
-    else:
-        os.fdatasync(fd)
-
-
-def _pwritev_all(fd: int, buffers: list[bytes | bytearray | memoryview], offset: int) -> None:
-    """Write every buffer at `offset`, in `IOV_MAX` batches, retrying short writes."""
-    i = 0
-    while i < len(buffers):
-        batch = buffers[i : i + _IOV_MAX]
-        written = os.pwritev(fd, batch, offset)
-        if written <= 0:
-            raise OSError(f"pwritev wrote {written} bytes")
-        offset += written
-        while written and i < len(buffers):
-            size = len(buffers[i])
-            if written >= size:
-                written -= size
-                i += 1
-            else:
-                buffers[i] = memoryview(buffers[i])[written:]
-                written = 0
 
 
 # --- The WAL ---
@@ -127,18 +100,13 @@ class _Entry:
 _NEW, _OPEN, _CLOSED = "new", "open", "closed"
 
 
-def _byte_view(payload: memoryview) -> bytes | memoryview:
-    if payload.c_contiguous:
-        return payload if payload.format == "B" and payload.ndim == 1 else payload.cast("B")
-    return payload.tobytes()
-
-
 class FileWAL(WAL):
     """Group-committing ring-file WAL; see `ring_format` for the layout.
 
     `capacity` is the data region's size; an existing file keeps the capacity it was created
-    with. `append_timeout` bounds how long an append waits for `trim` to free space.
-    `max_write_bytes` caps one group's write (a larger record still goes alone).
+    with, a block device's is its size. `append_timeout` bounds how long an append waits for
+    `trim` to free space. `max_write_bytes` caps one group's write (a larger record still
+    goes alone). `direct` asks for O_DIRECT (see `file_io`; `direct_io` says if it is used).
     """
 
     def __init__(
@@ -147,19 +115,25 @@ class FileWAL(WAL):
         capacity: int = 2 * GiB,
         append_timeout: float = 30.0,
         max_write_bytes: int = 4 * MiB,
+        direct: bool = False,
     ) -> None:
         if capacity < MIN_CAPACITY:
             raise ValueError(f"capacity must be at least {MIN_CAPACITY} bytes")
         if max_write_bytes <= 0:
             raise ValueError("max_write_bytes must be positive")
+        if direct and capacity % ALIGN:
+            raise ValueError(f"with direct I/O the capacity must be a multiple of {ALIGN}")
         self.path = path
         self.stats = WalStats()
         self._capacity = capacity
         self._append_timeout = append_timeout
         self._max_write_bytes = max_write_bytes
+        self._direct = direct
+        self._gap = 0
+        """Bytes kept free in front of the trim position (an O_DIRECT write's zero fill)."""
         self._state = _NEW
         self._failure: WalError | None = None
-        self._fd = -1
+        self._file: WalFile | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._epoch = 0
         self._session = 0
@@ -178,6 +152,9 @@ class FileWAL(WAL):
         self._slot_lock = asyncio.Lock()
         self._space = asyncio.Event()
 
+    def __repr__(self) -> str:
+        return f"FileWAL({self.path})"
+
     @property
     def trim_position(self) -> int:
         return self._trim
@@ -194,6 +171,15 @@ class FileWAL(WAL):
     def epoch(self) -> int:
         return self._epoch
 
+    @property
+    def direct_io(self) -> bool:
+        """O_DIRECT in use (asked for, and the file system took it)."""
+        return self._file is not None and self._file.direct
+
+    @property
+    def block_device(self) -> bool:
+        return self._file is not None and self._file.block_device
+
     # --- lifecycle ---
 
     async def open(self, epoch: int) -> None:
@@ -201,11 +187,13 @@ class FileWAL(WAL):
             raise WalError("a FileWAL can be opened once")
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tidelog-wal")
         try:
-            self._fd, slot = await self._run(open_or_create, self.path, self._capacity)
+            file, slot = await self._run(open_wal_file, self.path, self._capacity, self._direct)
+            self._file = file
+            self._gap = ALIGN if file.direct else 0
             if slot.epoch > epoch:
                 raise WalFencedError(f"{self.path} is owned by epoch {slot.epoch} > {epoch}")
             if slot.capacity != self._capacity:
-                log.warning(
+                (log.info if file.block_device else log.warning)(
                     "%s: keeping its capacity %d (asked for %d)",
                     self.path,
                     slot.capacity,
@@ -230,13 +218,15 @@ class FileWAL(WAL):
         self._boundaries = deque(boundaries)
         self._state = _OPEN
         log.info(
-            "%s: opened epoch %d session %d, %d records in [%d, %d)",
+            "%s: opened epoch %d session %d, %d records in [%d, %d)%s%s",
             self.path,
             epoch,
             self._session,
             records,
             self._trim,
             end,
+            ", block device" if file.block_device else "",
+            ", O_DIRECT" if file.direct else "",
         )
 
     def recover(self) -> Iterator[WalRecord]:
@@ -246,8 +236,9 @@ class FileWAL(WAL):
         window (1 MiB or one record) so a caller can interleave other work.
         """
         self._check_usable()
+        assert self._file is not None
         for entry in scan(
-            self._fd,
+            self._file.pread,
             self._capacity,
             self._trim,
             self._trim_session,
@@ -281,9 +272,9 @@ class FileWAL(WAL):
         await self._release()
 
     async def _release(self) -> None:
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            await self._run(os.close, fd)
+        if self._file is not None:
+            file, self._file = self._file, None
+            await self._run(file.close)
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
@@ -301,9 +292,9 @@ class FileWAL(WAL):
     ) -> int:
         self._check_usable()
         if isinstance(payload, memoryview):
-            payload = _byte_view(payload)
+            payload = byte_view(payload)
         size = RECORD_HEADER_SIZE + len(payload)
-        if size > self._capacity or len(payload) > U32_MAX:
+        if size > self._capacity - self._gap or len(payload) > U32_MAX:
             raise WalFullError(f"a {size}-byte record exceeds the capacity {self._capacity}")
         check_u64(
             stream_id=stream_id,
@@ -339,7 +330,7 @@ class FileWAL(WAL):
         size = entry.write_size
         room = capacity - end % capacity
         position = end if size <= room else end + room
-        if position + size - self._trim > capacity:
+        if position + size - self._trim > capacity - self._gap:
             return False
         if position != end and room >= RECORD_HEADER_SIZE:
             pad = _Entry(KIND_PAD, self._session, 0, 0, 0, 0, b"", None)
@@ -427,6 +418,7 @@ class FileWAL(WAL):
             self._flusher = None
 
     def _write_group_sync(self, group: list[_Entry]) -> float:
+        assert self._file is not None
         self._check_owner_sync()
         runs: list[tuple[int, list[bytes | bytearray | memoryview]]] = []
         expected = -1
@@ -440,11 +432,13 @@ class FileWAL(WAL):
                 buffers.append(entry.payload)
             expected = offset + entry.write_size
         for offset, buffers in runs:
-            _pwritev_all(self._fd, buffers, offset)
+            self._file.write(offset, buffers)
         started = time.perf_counter()
-        _datasync(self._fd)
+        self._file.datasync()
         self.stats.syncs += 1
-        return time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        self._check_owner_sync()  # opened meanwhile? then the newer owner decides; no ack
+        return seconds
 
     def _fail(self, exc: Exception, group: list[_Entry]) -> None:
         """A failed write or fdatasync leaves the file's state unknown: stop for good."""
@@ -514,10 +508,11 @@ class FileWAL(WAL):
         self, update: Callable[[HeaderSlot], HeaderSlot], epoch: int, session: int | None
     ) -> HeaderSlot:
         """Write `update(current slot)` into the other slot and make it durable."""
+        assert self._file is not None
         current = self._check_owner_sync(epoch, session)
         slot = replace(update(current), generation=current.generation + 1)
-        os.pwrite(self._fd, encode_slot(slot), (slot.generation % 2) * SLOT_SIZE)
-        _datasync(self._fd)
+        self._file.write_slot((slot.generation % 2) * SLOT_SIZE, encode_slot(slot))
+        self._file.datasync()
         self.stats.syncs += 1
         return slot
 
@@ -529,7 +524,8 @@ class FileWAL(WAL):
         """
         if epoch is None:
             epoch, session = self._epoch, self._session
-        current = read_latest_slot(self._fd)
+        assert self._file is not None
+        current = read_latest_slot(self._file.pread)
         if current is None:
             raise WalError(f"{self.path}: both header slots are unreadable")
         if current.epoch > epoch or (session is not None and current.session != session):
@@ -541,8 +537,14 @@ class FileWAL(WAL):
     def _scan_sync(self, slot: HeaderSlot) -> tuple[int, list[tuple[int, int]], int]:
         end, records = slot.trim, 0
         boundaries: list[tuple[int, int]] = []
+        assert self._file is not None
         for entry in scan(
-            self._fd, self._capacity, slot.trim, slot.trim_session, slot.session, chunk=4 * MiB
+            self._file.pread,
+            self._capacity,
+            slot.trim,
+            slot.trim_session,
+            slot.session,
+            chunk=4 * MiB,
         ):
             if not boundaries or boundaries[-1][1] != entry.session:
                 boundaries.append((entry.position, entry.session))

@@ -1,4 +1,7 @@
-"""The on-disk format of `FileWAL`'s ring file: encoding, the recovery scan, creating/opening.
+"""The on-disk format of `FileWAL`'s ring file: encoding and the recovery scan.
+
+Reading goes through a `Reader` (`(size, offset) -> bytes`, like `os.pread` on one fd) so the
+same scan serves buffered and O_DIRECT files (`file_io`).
 
 Vocabulary:
 - *slot*: the file starts with two `SLOT_SIZE` header slots holding the WAL's state (epoch,
@@ -23,16 +26,12 @@ Vocabulary:
 
 from __future__ import annotations
 
-import os
 import struct
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import crc32c
-
-from tidelog.stream.wal.base import WalError
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -63,6 +62,9 @@ _TAIL = struct.Struct(">BIIQQQQQ")
 U32_MAX = 0xFFFF_FFFF
 _U64_LIMIT = 1 << 64
 _EMPTY = memoryview(b"")
+
+Reader = Callable[[int, int], bytes]
+"""`(size, offset) -> bytes` read from the file (fewer bytes at its end)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +139,13 @@ def encode_record_header(
     )
 
 
+def byte_view(payload: memoryview) -> bytes | memoryview:
+    """`payload` as a flat byte view (copied only when it is not contiguous)."""
+    if payload.c_contiguous:
+        return payload if payload.format == "B" and payload.ndim == 1 else payload.cast("B")
+    return payload.tobytes()
+
+
 def check_u64(**fields: int) -> None:
     """Raise ValueError unless every value fits a record header's unsigned 64-bit field."""
     for name, value in fields.items():
@@ -164,8 +173,8 @@ class Scanned(NamedTuple):
 class _RingReader:
     """Reads the data region through a window of `chunk` bytes: few syscalls per record."""
 
-    def __init__(self, fd: int, capacity: int, chunk: int) -> None:
-        self._fd = fd
+    def __init__(self, pread: Reader, capacity: int, chunk: int) -> None:
+        self._pread = pread
         self._capacity = capacity
         self._chunk = chunk
         self._base = 0
@@ -177,7 +186,7 @@ class _RingReader:
         if start >= 0 and start + size <= len(self._view):
             return self._view[start : start + size]
         want = min(max(size, self._chunk), self._capacity - offset)
-        data = os.pread(self._fd, want, HEADER_AREA + offset)
+        data = self._pread(want, HEADER_AREA + offset)
         if len(data) < size:
             return None
         self._base = offset
@@ -186,7 +195,7 @@ class _RingReader:
 
 
 def scan(
-    fd: int,
+    pread: Reader,
     capacity: int,
     start: int,
     min_session: int,
@@ -198,7 +207,7 @@ def scan(
 
     A yielded payload view is only valid until the next step.
     """
-    reader = _RingReader(fd, capacity, chunk)
+    reader = _RingReader(pread, capacity, chunk)
     pos = start
     while stop is None or pos < stop:
         offset = pos % capacity
@@ -234,90 +243,8 @@ def scan(
         pos = next_position
 
 
-def read_latest_slot(fd: int) -> HeaderSlot | None:
+def read_latest_slot(pread: Reader) -> HeaderSlot | None:
     """The current slot: the valid one with the higher generation, None if neither is."""
-    raw = os.pread(fd, HEADER_AREA, 0)
+    raw = pread(HEADER_AREA, 0)
     slots = [s for s in (decode_slot(raw[:SLOT_SIZE]), decode_slot(raw[SLOT_SIZE:])) if s]
     return max(slots, key=lambda s: s.generation) if slots else None
-
-
-# --- Creating and opening (blocking; run in the WAL's thread) ---
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        dfd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass  # some file systems (NFS, FUSE) refuse fsync on directories
-    finally:
-        os.close(dfd)
-
-
-def _preallocate(fd: int, size: int) -> None:
-    if hasattr(os, "posix_fallocate"):
-        try:
-            os.posix_fallocate(fd, 0, size)
-            return
-        except OSError:
-            pass
-    os.ftruncate(fd, size)
-
-
-def _create(path: str, capacity: int, replace_existing: bool) -> None:
-    """Create a fully initialised WAL file at `path` atomically (temp file + link/rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.{time.monotonic_ns()}.tmp"
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        _preallocate(fd, HEADER_AREA + capacity)
-        os.pwrite(fd, encode_slot(HeaderSlot(0, 0, capacity, 0, 0, 0)), 0)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        if replace_existing:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # create-if-absent: a racing creator's file wins
-            except FileExistsError:
-                pass
-            except OSError:
-                if not os.path.exists(path):  # no hard links on this file system
-                    os.rename(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    _fsync_dir(directory)
-
-
-def open_or_create(path: str, capacity: int) -> tuple[int, HeaderSlot]:
-    """A read-write fd on the WAL file at `path` (created with `capacity` if it is missing or
-    empty) and its current slot."""
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            _create(path, capacity, replace_existing=False)
-            continue
-        try:
-            size = os.fstat(fd).st_size
-            if size == 0:
-                os.close(fd)
-                _create(path, capacity, replace_existing=True)
-                continue
-            slot = read_latest_slot(fd)
-            if slot is None:
-                raise WalError(f"{path} is not a Tidelog WAL (format {FORMAT_VERSION})")
-            if size < HEADER_AREA + slot.capacity:
-                os.ftruncate(fd, HEADER_AREA + slot.capacity)
-            return fd, slot
-        except BaseException:
-            os.close(fd)
-            raise
-    raise WalError(f"could not create {path}")

@@ -1,0 +1,240 @@
+"""Partition administration: CreatePartitions, DeleteRecords, DescribeLogDirs,
+OffsetForLeaderEpoch, DescribeProducers and ElectLeaders.
+
+One copy per partition (in shared storage) shapes the answers: a replica assignment can
+only name this broker, there is never a leader to elect (Kafka's ELECTION_NOT_NEEDED),
+and the one "log dir" is the object store, whose bytes per partition DescribeLogDirs
+reports (objects plus what waits in the WAL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from kio.schema.errors import ErrorCode
+
+from tidelog.api.base import NONE, Api, Context, error, make, response_module
+from tidelog.partition.leader_epochs import end_offset_for_epoch
+from tidelog.partition.partition import Partition, PartitionError
+from tidelog.partition.topics import TopicError
+from tidelog.protocol.codec import RequestHeader
+
+log = logging.getLogger(__name__)
+DELETE_RECORDS, OFFSET_FOR_LEADER_EPOCH, DESCRIBE_LOG_DIRS = 21, 23, 35
+CREATE_PARTITIONS, ELECT_LEADERS, DESCRIBE_PRODUCERS = 37, 43, 61
+
+
+# ---- CreatePartitions ---------------------------------------------------------------------
+
+
+def _check_assignments(ctx: Context, t: Any, current: int) -> None:
+    if t.assignments is None:
+        return
+    if len(t.assignments) != t.count - current:
+        raise TopicError("invalid_replica_assignment", (
+            f"increasing the number of partitions by {t.count - current} but "
+            f"{len(t.assignments)} assignments provided"))
+    for a in t.assignments:
+        if len(a.broker_ids) != 1:
+            raise TopicError("invalid_replica_assignment",
+                             "inconsistent replication factor: partitions have one copy")
+        if a.broker_ids[0] != ctx.broker.node_id:
+            raise TopicError("invalid_replica_assignment",
+                             f"unknown broker(s) in replica assignment: {list(a.broker_ids)}")
+
+
+async def handle_create_partitions(ctx: Context, header: RequestHeader, req: Any) -> Any:
+    mod = response_module(CREATE_PARTITIONS, header.api_version)
+    names = [t.name for t in req.topics]
+    results = []
+    for t in req.topics:
+        code, msg = NONE, None
+        try:
+            if names.count(t.name) > 1:
+                raise TopicError("invalid_request", "duplicate topic in request")
+            topic = ctx.topics.get(t.name)
+            if topic is None:
+                raise TopicError("unknown_topic_or_partition",
+                                 f"topic {t.name!r} does not exist")
+            if t.count > len(topic.partitions):
+                _check_assignments(ctx, t, len(topic.partitions))
+            await ctx.topics.add_partitions(t.name, t.count, req.validate_only)
+        except TopicError as exc:
+            code, msg = error(exc.code), str(exc)
+            log.info("CreatePartitions %s: %s", t.name, exc)
+        results.append(make(mod.CreatePartitionsTopicResult, name=t.name, error_code=code,
+                            error_message=msg))
+    return make(mod.CreatePartitionsResponse, throttle_time=timedelta(0),
+                results=tuple(results))
+
+
+# ---- DeleteRecords ------------------------------------------------------------------------
+
+
+async def _delete(ctx: Context, name: str, index: int, offset: int) -> tuple[ErrorCode, int]:
+    topic = ctx.topics.get(name)
+    p = ctx.topics.partition(name, index)
+    if topic is None or p is None:
+        return error("unknown_topic_or_partition"), -1
+    if topic.internal:
+        return error("invalid_topic_exception"), -1
+    try:
+        return NONE, await p.delete_records(offset)
+    except PartitionError as exc:
+        log.info("DeleteRecords %s-%d at %d: %s", name, index, offset, exc)
+        return error(exc.code), -1
+
+
+async def handle_delete_records(ctx: Context, header: RequestHeader, req: Any) -> Any:
+    mod = response_module(DELETE_RECORDS, header.api_version)
+    jobs = [(t.name, p.partition_index, _delete(ctx, t.name, p.partition_index, p.offset))
+            for t in req.topics for p in t.partitions]
+    done = await asyncio.gather(*(j[2] for j in jobs))
+    by_topic: dict[str, list[Any]] = {}
+    for (name, index, _), (code, low) in zip(jobs, done, strict=True):
+        by_topic.setdefault(name, []).append(make(
+            mod.DeleteRecordsPartitionResult, partition_index=index, low_watermark=low,
+            error_code=code))
+    return make(mod.DeleteRecordsResponse, throttle_time=timedelta(0), topics=tuple(
+        make(mod.DeleteRecordsTopicResult, name=n, partitions=tuple(ps))
+        for n, ps in by_topic.items()))
+
+
+# ---- DescribeLogDirs ----------------------------------------------------------------------
+
+
+def log_dir(ctx: Context) -> str:
+    """The object store's URI without its query (which may carry credentials)."""
+    uri = ctx.topics.static_configs.get("objectstore.uri", "")
+    parts = urlsplit(uri)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+async def handle_describe_log_dirs(ctx: Context, header: RequestHeader, req: Any) -> Any:
+    mod = response_module(DESCRIBE_LOG_DIRS, header.api_version)
+    if req.topics is None:
+        wanted = [(t, [p.index for p in t.partitions]) for t in ctx.topics.topics.values()]
+    else:
+        wanted = []
+        for d in req.topics:
+            topic = ctx.topics.get(d.topic)
+            if topic is not None:
+                wanted.append((topic, [i for i in d.partitions
+                                       if 0 <= i < len(topic.partitions)]))
+    topics = tuple(
+        make(mod.DescribeLogDirsTopic, name=t.name, partitions=tuple(
+            make(mod.DescribeLogDirsPartition, partition_index=i,
+                 partition_size=t.partitions[i].stream.size_bytes, offset_lag=0,
+                 is_future_key=False) for i in indexes))
+        for t, indexes in wanted)
+    result = make(mod.DescribeLogDirsResult, error_code=NONE, log_dir=log_dir(ctx),
+                  topics=topics, total_bytes=-1, usable_bytes=-1, is_cordoned=False)
+    return make(mod.DescribeLogDirsResponse, throttle_time=timedelta(0), error_code=NONE,
+                results=(result,))
+
+
+# ---- OffsetForLeaderEpoch -----------------------------------------------------------------
+
+
+async def _epoch_end(p: Partition | None, current: int, epoch: int) -> tuple[ErrorCode, int,
+                                                                              int]:
+    if p is None:
+        return error("unknown_topic_or_partition"), -1, -1
+    if current >= 0 and current != p.leader_epoch:
+        code = "fenced_leader_epoch" if current < p.leader_epoch else "unknown_leader_epoch"
+        return error(code), -1, -1
+    found_epoch, end = await end_offset_for_epoch(p, epoch)
+    return NONE, found_epoch, end
+
+
+async def handle_offset_for_leader_epoch(ctx: Context, header: RequestHeader,
+                                         req: Any) -> Any:
+    mod = response_module(OFFSET_FOR_LEADER_EPOCH, header.api_version)
+    jobs: list[tuple[str, int, Awaitable[tuple[ErrorCode, int, int]]]] = [
+        (t.topic, p.partition, _epoch_end(ctx.topics.partition(t.topic, p.partition),
+                                          p.current_leader_epoch, p.leader_epoch))
+        for t in req.topics for p in t.partitions]
+    done = await asyncio.gather(*(j[2] for j in jobs))
+    by_topic: dict[str, list[Any]] = {}
+    for (name, index, _), (code, epoch, end) in zip(jobs, done, strict=True):
+        by_topic.setdefault(name, []).append(make(
+            mod.EpochEndOffset, error_code=code, partition=index, leader_epoch=epoch,
+            end_offset=end))
+    return make(mod.OffsetForLeaderEpochResponse, throttle_time=timedelta(0), topics=tuple(
+        make(mod.OffsetForLeaderTopicResult, topic=n, partitions=tuple(ps))
+        for n, ps in by_topic.items()))
+
+
+# ---- DescribeProducers --------------------------------------------------------------------
+
+
+def _producers(mod: Any, p: Partition) -> tuple[Any, ...]:
+    out = []
+    for pid, e in sorted(p.producers.producers.items()):
+        out.append(make(mod.ProducerState, producer_id=pid, producer_epoch=e.epoch,
+                        last_sequence=e.batches[-1][1] if e.batches else -1,
+                        last_timestamp=e.last_timestamp, coordinator_epoch=e.coordinator_epoch,
+                        current_txn_start_offset=e.txn_first))
+    return tuple(out)
+
+
+async def handle_describe_producers(ctx: Context, header: RequestHeader, req: Any) -> Any:
+    mod = response_module(DESCRIBE_PRODUCERS, header.api_version)
+    topics = []
+    for t in req.topics:
+        parts = []
+        for i in t.partition_indexes:
+            p = ctx.topics.partition(t.name, i)
+            if p is None:
+                parts.append(make(mod.PartitionResponse, partition_index=i,
+                                  error_code=error("unknown_topic_or_partition"),
+                                  error_message=f"{t.name}-{i} does not exist",
+                                  active_producers=()))
+                continue
+            parts.append(make(mod.PartitionResponse, partition_index=i, error_code=NONE,
+                              error_message=None, active_producers=_producers(mod, p)))
+        topics.append(make(mod.TopicResponse, name=t.name, partitions=tuple(parts)))
+    return make(mod.DescribeProducersResponse, throttle_time=timedelta(0),
+                topics=tuple(topics))
+
+
+# ---- ElectLeaders -------------------------------------------------------------------------
+
+
+async def handle_elect_leaders(ctx: Context, header: RequestHeader, req: Any) -> Any:
+    """Every partition already has its only possible leader: Kafka answers
+    ELECTION_NOT_NEEDED for a named partition and omits it when asked for all."""
+    mod = response_module(ELECT_LEADERS, header.api_version)
+    results = []
+    if getattr(req, "election_type", 0) not in (0, 1):
+        return make(mod.ElectLeadersResponse, throttle_time=timedelta(0),
+                    error_code=error("invalid_request"), replica_election_results=())
+    for t in req.topic_partitions or ():
+        parts = []
+        for i in t.partitions:
+            known = ctx.topics.partition(t.topic, i) is not None
+            parts.append(make(
+                mod.PartitionResult, partition_id=i,
+                error_code=error("election_not_needed" if known else
+                                 "unknown_topic_or_partition"),
+                error_message=("leader election not needed: one copy" if known else
+                               f"{t.topic}-{i} does not exist")))
+        results.append(make(mod.ReplicaElectionResult, topic=t.topic,
+                            partition_result=tuple(parts)))
+    return make(mod.ElectLeadersResponse, throttle_time=timedelta(0), error_code=NONE,
+                replica_election_results=tuple(results))
+
+
+APIS = [
+    Api(DELETE_RECORDS, 0, 2, handle_delete_records),
+    Api(OFFSET_FOR_LEADER_EPOCH, 2, 4, handle_offset_for_leader_epoch),
+    Api(DESCRIBE_LOG_DIRS, 1, 4, handle_describe_log_dirs),
+    Api(CREATE_PARTITIONS, 0, 3, handle_create_partitions),
+    Api(ELECT_LEADERS, 0, 2, handle_elect_leaders),
+    Api(DESCRIBE_PRODUCERS, 0, 0, handle_describe_producers),
+]

@@ -1,0 +1,103 @@
+"""Tidelog's own metric families (`tidelog_*`): the WAL, the caches, uploads and
+compaction, object storage requests and contents, and bytes between zones: what a
+diskless broker adds to Kafka's picture, and what the cost tool reads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from tidelog.api.traffic import Traffic
+from tidelog.metrics.families import counter, gauge, histogram, labelled
+from tidelog.objectstore.counting import ObjectStoreStats
+from tidelog.stream.engine import StreamEngine
+from tidelog.stream.object_format import FOOTER, INDEX_ENTRY
+from tidelog.stream.wal.base import WAL
+
+
+def wal(w: WAL, engine: StreamEngine) -> Iterator[Metric]:
+    s = w.stats
+    yield counter("tidelog_wal_bytes_written", "Bytes written to the WAL medium, record "
+                  "headers and padding included", s.bytes)
+    yield counter("tidelog_wal_records", "Records made durable in the WAL", s.records)
+    yield counter("tidelog_wal_groups", "WAL group commits (one write and one sync each)",
+                  s.groups)
+    yield counter("tidelog_wal_syncs", "WAL syncs (fdatasync, or PUT for an object WAL)",
+                  s.syncs)
+    yield histogram("tidelog_wal_append_seconds", "Time from WAL append to durable", [],
+                    [([], s.append_latency)])
+    yield histogram("tidelog_wal_sync_seconds", "Time per group write and sync", [],
+                    [([], s.sync_latency)])
+    yield histogram("tidelog_wal_group_bytes", "Bytes per group commit", [],
+                    [([], s.group_bytes)])
+    yield gauge("tidelog_wal_used_bytes", "WAL bytes written and not yet trimmed (uploaded)",
+                w.end_position - w.trim_position)
+    yield gauge("tidelog_wal_capacity_bytes", "WAL capacity", w.capacity)
+    yield labelled(CounterMetricFamily, "tidelog_backpressure_waits",
+                   "Appends that waited for room: in the engine (WAL or log cache full) or "
+                   "in the WAL itself", ["stage"],
+                   [(["engine"], engine.backpressure_waits), (["wal"], s.full_waits)])
+    yield counter("tidelog_wal_full_timeouts", "WAL appends that gave up waiting for room",
+                  s.full_timeouts)
+
+
+def engine(e: StreamEngine) -> Iterator[Metric]:
+    yield gauge("tidelog_log_cache_bytes", "Data in the log cache (not yet uploaded)",
+                e.cache.size)
+    yield counter("tidelog_log_cache_hits", "Reads served by the log cache alone",
+                  e.log_cache_hits)
+    yield counter("tidelog_log_cache_misses", "Reads that needed object data",
+                  e.log_cache_misses)
+    yield gauge("tidelog_block_cache_bytes", "Object blocks in the read cache", e.blocks.size)
+    yield counter("tidelog_block_cache_hits", "Block lookups served from the cache",
+                  e.blocks.hits)
+    yield counter("tidelog_block_cache_misses", "Block lookups that read object storage",
+                  e.blocks.misses)
+    yield counter("tidelog_uploads", "Upload rounds committed", e.uploads)
+    yield counter("tidelog_upload_bytes", "Data bytes uploaded to objects", e.uploaded_bytes)
+    yield histogram("tidelog_upload_seconds", "Time per upload round: build, PUT, commit", [],
+                    [([], e.upload_seconds)])
+    own = e.stream_objects_written
+    yield counter("tidelog_stream_set_objects_written", "Stream set objects written "
+                  "(uploads and compaction)", e.objects_written - own)
+    yield counter("tidelog_stream_objects_written", "Stream objects written (uploads and "
+                  "compaction)", own)
+    yield counter("tidelog_compactions", "Object compaction rounds that merged objects",
+                  e.compactions)
+    yield counter("tidelog_objects_compacted", "Objects merged away by compaction",
+                  e.objects_compacted)
+    yield counter("tidelog_objects_deleted", "Objects deleted from the object store",
+                  e.catalog.deleted)
+    objects = dict(e.catalog.objects)
+    blocks = dict(e.index.objects)
+    yield gauge("tidelog_objectstore_objects", "Objects referenced by metadata", len(objects))
+    yield gauge("tidelog_objectstore_stored_bytes", "Size of the objects referenced by "
+                "metadata", sum(info.size + FOOTER.size + INDEX_ENTRY.size * len(
+                    blocks.get(key, ())) for key, info in objects.items()))
+    yield gauge("tidelog_storage_failed", "1 once the engine stopped taking writes",
+                1 if e.failed else 0)
+
+
+def object_store(stats: ObjectStoreStats) -> Iterator[Metric]:
+    ops = sorted(dict(stats.operations).items())
+    yield labelled(CounterMetricFamily, "tidelog_objectstore_requests",
+                   "Object store requests", ["operation"],
+                   (([op], s.requests) for op, s in ops))
+    yield labelled(CounterMetricFamily, "tidelog_objectstore_bytes",
+                   "Bytes sent (PUT) or received (GET, RANGE_GET)", ["operation"],
+                   (([op], s.bytes) for op, s in ops))
+    yield labelled(CounterMetricFamily, "tidelog_objectstore_errors",
+                   "Object store requests that failed", ["operation"],
+                   (([op], s.errors) for op, s in ops))
+    yield histogram("tidelog_objectstore_request_seconds", "Object store request latency",
+                    ["operation"], (([op], s.latency) for op, s in ops))
+
+
+def zones(traffic: Traffic, node_id: int) -> Iterator[Metric]:
+    yield labelled(CounterMetricFamily, "tidelog_zone_bytes",
+                   "Kafka frame bytes by source and destination zone", [
+                       "source_zone", "destination_zone", "kind", "traffic"],
+                   sorted(dict(traffic.zones).items()))
+    yield labelled(GaugeMetricFamily, "tidelog_broker_info", "This broker's id and zone",
+                   ["node_id", "zone"], [([str(node_id), traffic.zone], 1)])
