@@ -29,6 +29,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/produce_fetch.py
 	$(PY) bench/memory.py
+	$(PY) bench/wal.py
+	$(PY) bench/metrics_overhead.py
 
 clean:
 	rm -rf $(VENV) data

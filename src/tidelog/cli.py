@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # e.g. the port is taken, the data directory is not writable
         logging.getLogger("tidelog").error("cannot start: %s", exc)
         return 1
+    except ValueError as exc:  # a setting the broker only checks when it applies it
+        logging.getLogger("tidelog").error("cannot start: invalid configuration: %s", exc)
+        return 2
 
 
 def _groups(args: argparse.Namespace) -> int:

@@ -151,7 +151,6 @@ class Broker:
             cluster_id=c.get_str("cluster.id"),
             auto_create_topics=c.get_bool("auto.create.topics.enable"),
             num_partitions=c.get_int("num.partitions"),
-            max_message_bytes=c.get_int("message.max.bytes"),
         )
         info = BrokerInfo(node_id, advertised.host, advertised.port,
                           c.get_str("broker.rack") or None)

@@ -33,7 +33,6 @@ class BrokerConfig:
     cluster_id: str = "tidelog-cluster"
     auto_create_topics: bool = True
     num_partitions: int = 1
-    max_message_bytes: int = 8 << 20
     fetch_max_wait_cap: float = 30.0
 
 

@@ -48,6 +48,9 @@ class BrokerCollector(Collector):
         ]
         if coordinator is not None:
             out.append(lambda: kafka.consumer_groups(coordinator.offsets, topics))
+        log_manager = b.log_manager
+        if log_manager is not None:
+            out.append(lambda: storage.log_cleanup(log_manager))
         if b.request_metrics is not None:
             out.append(b.request_metrics.families)
         return out

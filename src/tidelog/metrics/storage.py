@@ -11,6 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from tidelog.api.traffic import Traffic
 from tidelog.metrics.families import counter, gauge, histogram, labelled
 from tidelog.objectstore.counting import ObjectStoreStats
+from tidelog.partition.log_manager import LogManager
 from tidelog.stream.engine import StreamEngine
 from tidelog.stream.object_format import FOOTER, INDEX_ENTRY
 from tidelog.stream.wal.base import WAL
@@ -101,3 +102,13 @@ def zones(traffic: Traffic, node_id: int) -> Iterator[Metric]:
                    sorted(dict(traffic.zones).items()))
     yield labelled(GaugeMetricFamily, "tidelog_broker_info", "This broker's id and zone",
                    ["node_id", "zone"], [([str(node_id), traffic.zone], 1)])
+
+
+def log_cleanup(lm: LogManager) -> Iterator[Metric]:
+    yield counter("tidelog_retention_offsets_deleted", "Offsets removed by time and size "
+                  "retention", lm.offsets_deleted)
+    yield counter("tidelog_log_cleaner_runs", "Log compaction passes that rewrote a partition",
+                  lm.cleaner_runs)
+    yield counter("tidelog_log_cleaner_records_removed", "Records removed by log compaction "
+                  "(superseded values, expired tombstones, aborted transactions)",
+                  lm.records_cleaned)

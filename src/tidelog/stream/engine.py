@@ -220,7 +220,8 @@ class StreamEngine:
                 raise BackPressureTimeout(f"a {nbytes}-byte append cannot fit the WAL")
             self._upload_now.set()
             if deadline is None:
-                deadline = self._clock() + (timeout or self.config.append_timeout)
+                limit = self.config.append_timeout  # the client's own timeout, if shorter
+                deadline = self._clock() + (min(timeout, limit) if timeout else limit)
                 self.backpressure_waits += 1
             remaining = deadline - self._clock()
             if remaining <= 0:
