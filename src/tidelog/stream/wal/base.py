@@ -14,9 +14,10 @@ record appended before it are durable.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 
@@ -102,6 +103,40 @@ class WalStats:
     """Seconds per group sync (or PUT)."""
     group_bytes: Histogram = field(default_factory=lambda: Histogram(SIZE_BUCKETS))
     """Bytes per group commit."""
+
+
+class SpaceGate:
+    """Back-pressure for a bounded WAL: appends wait for room first come first served (a
+    later append never overtakes a waiting one), and give up with `WalFullError`."""
+
+    def __init__(self, stats: WalStats) -> None:
+        self._stats = stats
+        self._lock = asyncio.Lock()
+        self._space = asyncio.Event()
+        self.waiting = 0
+
+    def wake(self) -> None:
+        """Room may have appeared (a trim), or the WAL closed or failed."""
+        self._space.set()
+
+    async def wait(self, fits: Callable[[], bool], check: Callable[[], None], limit: float,
+                   describe: Callable[[], str]) -> None:
+        """Wait until `fits()`; `check()` raises when the WAL became unusable."""
+        self.waiting += 1
+        self._stats.full_waits += 1
+        try:
+            async with asyncio.timeout(limit), self._lock:
+                while True:
+                    check()
+                    if fits():
+                        return
+                    self._space.clear()
+                    await self._space.wait()
+        except TimeoutError:
+            self._stats.full_timeouts += 1
+            raise WalFullError(f"WAL full for {limit}s: {describe()}") from None
+        finally:
+            self.waiting -= 1
 
 
 class WAL(ABC):

@@ -8,13 +8,13 @@ capacity) so back-pressure behaves the same, minus the ring's lap-end padding.
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from tidelog.stream.wal.base import (
     WAL,
+    SpaceGate,
     WalClosedError,
     WalError,
     WalFencedError,
@@ -58,10 +58,8 @@ class MemoryWAL(WAL):
         self._append_timeout = append_timeout
         self._session = -1
         self._closed = False
-        self._waiting = 0
-        self._reserve_lock = asyncio.Lock()
-        self._space = asyncio.Event()
         self.stats = WalStats()
+        self._gate = SpaceGate(self.stats)
 
     @property
     def trim_position(self) -> int:
@@ -101,8 +99,11 @@ class MemoryWAL(WAL):
         size = RECORD_HEADER_SIZE + memoryview(payload).nbytes
         if size > self._capacity:
             raise WalFullError(f"a {size}-byte record exceeds the capacity {self._capacity}")
-        if self._waiting or not self._fits(size):
-            await self._wait_for_space(size, timeout)
+        if self._gate.waiting or not self._fits(size):
+            limit = self._append_timeout if timeout is None else timeout
+            await self._gate.wait(lambda: self._fits(size), self._check_usable, limit,
+                                  lambda: f"{size} bytes needed, {self._used()} of "
+                                          f"{self._capacity} in use")
         store = self.store
         record = WalRecord(
             stream_id,
@@ -123,27 +124,11 @@ class MemoryWAL(WAL):
         stats.append_latency.observe(0.0)
         return record.next_position
 
+    def _used(self) -> int:
+        return self.store.end - self.store.trim
+
     def _fits(self, size: int) -> bool:
         return self.store.end + size - self.store.trim <= self._capacity
-
-    async def _wait_for_space(self, size: int, timeout: float | None) -> None:
-        """First come first served, like `FileWAL`: a later append never overtakes."""
-        limit = self._append_timeout if timeout is None else timeout
-        self._waiting += 1
-        self.stats.full_waits += 1
-        try:
-            async with asyncio.timeout(limit), self._reserve_lock:
-                while True:
-                    self._check_usable()
-                    if self._fits(size):
-                        return
-                    self._space.clear()
-                    await self._space.wait()
-        except TimeoutError:
-            self.stats.full_timeouts += 1
-            raise WalFullError(f"WAL full for {limit}s: {size} bytes needed") from None
-        finally:
-            self._waiting -= 1
 
     async def trim(self, position: int) -> None:
         self._check_usable()
@@ -155,14 +140,14 @@ class MemoryWAL(WAL):
         while store.records and store.records[0].next_position <= position:
             store.records.popleft()
         store.trim = position
-        self._space.set()
+        self._gate.wake()
 
     async def reset(self) -> None:
         await self.trim(self.store.end)
 
     async def close(self) -> None:
         self._closed = True
-        self._space.set()
+        self._gate.wake()
 
     def _check_usable(self) -> None:
         if self._closed:

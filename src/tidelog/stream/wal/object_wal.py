@@ -42,6 +42,7 @@ from tidelog.objectstore.base import (
 )
 from tidelog.stream.wal.base import (
     WAL,
+    SpaceGate,
     WalClosedError,
     WalError,
     WalFencedError,
@@ -122,6 +123,7 @@ class ObjectWAL(WAL):
         self.store = store
         self.name = name
         self.stats = WalStats()
+        self._gate = SpaceGate(self.stats)
         self._capacity = capacity
         self._append_timeout = append_timeout
         self._batch_interval = batch_interval
@@ -141,9 +143,6 @@ class ObjectWAL(WAL):
         self._pending: deque[_Entry] = deque()
         self._pending_bytes = 0
         self._wake = asyncio.Event()
-        self._space = asyncio.Event()
-        self._reserve_lock = asyncio.Lock()
-        self._waiting = 0
         self._flusher: asyncio.Task[None] | None = None
         self._deleter: asyncio.Task[None] | None = None
 
@@ -274,7 +273,7 @@ class ObjectWAL(WAL):
             return
         was_open = self._state == _OPEN
         self._state = _CLOSED
-        self._space.set()
+        self._gate.wake()
         self._wake.set()
         if was_open:
             if self._flusher is not None:
@@ -315,8 +314,11 @@ class ObjectWAL(WAL):
             last_offset=last_offset,
         )
         started = time.perf_counter()
-        if self._waiting or not self._fits(size):
-            await self._wait_for_space(size, timeout)
+        if self._gate.waiting or not self._fits(size):
+            limit = self._append_timeout if timeout is None else timeout
+            await self._gate.wait(lambda: self._fits(size), self._check_usable, limit,
+                                  lambda: f"{size} bytes needed, {self._used()} of "
+                                          f"{self._capacity} in use")
         record = PendingRecord(
             stream_id, stream_epoch, base_offset, last_offset, payload, self._end
         )
@@ -332,30 +334,11 @@ class ObjectWAL(WAL):
         self.stats.append_latency.observe(time.perf_counter() - started)
         return position
 
+    def _used(self) -> int:
+        return self._end - self._trim
+
     def _fits(self, size: int) -> bool:
         return self._end + size - self._trim <= self._capacity
-
-    async def _wait_for_space(self, size: int, timeout: float | None) -> None:
-        """First come first served: a later append never overtakes a waiting one."""
-        limit = self._append_timeout if timeout is None else timeout
-        self._waiting += 1
-        self.stats.full_waits += 1
-        try:
-            async with asyncio.timeout(limit), self._reserve_lock:
-                while True:
-                    self._check_usable()
-                    if self._fits(size):
-                        return
-                    self._space.clear()
-                    await self._space.wait()
-        except TimeoutError:
-            self.stats.full_timeouts += 1
-            raise WalFullError(
-                f"WAL full for {limit}s: {size} bytes needed, "
-                f"{self._end - self._trim} of {self._capacity} in use"
-            ) from None
-        finally:
-            self._waiting -= 1
 
     async def _flush(self) -> None:
         """PUT groups until nothing is pending; each waits for its interval or its bytes."""
@@ -457,7 +440,7 @@ class ObjectWAL(WAL):
                 entry.future.set_exception(self._failure)
         self._pending.clear()
         self._pending_bytes = 0
-        self._space.set()
+        self._gate.wake()
         log.error("%s: WAL failed: %s", self.name, self._failure)
 
     # --- trimming ---
@@ -469,7 +452,7 @@ class ObjectWAL(WAL):
         if position <= self._trim:
             return
         self._trim = position
-        self._space.set()
+        self._gate.wake()
         self._schedule_deletes()
 
     async def reset(self) -> None:
