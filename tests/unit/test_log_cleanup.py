@@ -154,3 +154,22 @@ async def test_compaction_drops_aborted_transactions_and_keeps_markers(
     assert controls == [marker]  # read_committed consumers still see where it ended
     await engine.close()
     await engine.meta.close()
+
+
+async def test_max_compaction_lag_forces_a_pass_below_the_dirty_ratio(tmp_path: Path) -> None:
+    engine = await engine_at(tmp_path)
+    p = Partition("t", 0, await engine.create_stream())
+    await p.append(records.build_batch([(b"a", b"x" * 1000)] * 50, timestamp=1_000))
+    await engine.upload()
+    state = CleanerState()
+    lazy = config(**{"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.9"})
+    assert await compact_partition(engine, p, lazy, state, now_ms=5_000)  # all dirty
+    await p.append(records.build_batch([(b"a", b"y")], timestamp=6_000))
+    await engine.upload()
+    assert await compact_partition(engine, p, lazy, state, now_ms=7_000) is None  # ratio
+    forced = config(**{"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.9",
+                       "max.compaction.lag.ms": "500"})
+    assert await compact_partition(engine, p, forced, state, now_ms=7_000)
+    assert [v for _o, _k, v in await read_values(p)] == [b"y"]
+    await engine.close()
+    await engine.meta.close()

@@ -94,7 +94,7 @@ def test_cleanup_policy_lists_and_deprecated_timestamp_difference() -> None:
     ({"message.timestamp.type": "logappendtime"}, "one of"),
     ({"min.cleanable.dirty.ratio": "1.5"}, "between 0 and 1"),
     ({"unclean.leader.election.enable": "yes"}, "true or false"),
-    ({"segment.bytes": "1000"}, "at least"),
+    ({"segment.bytes": "10"}, "at least"),
     ({"min.compaction.lag.ms": "10", "max.compaction.lag.ms": "5"}, "conflict"),
 ])
 def test_invalid_topic_configs_say_why(configs: dict[str, str], message: str) -> None:

@@ -80,9 +80,14 @@ def needs_cleaning(blocks: list[tuple[str, BlockIndex]], state: CleanerState,
         return False
     if state.tombstone_due is not None and state.tombstone_due <= now_ms:
         return True
+    dirty_blocks = [b for _, b in blocks if b.start_offset >= state.cleaned_end]
+    if not dirty_blocks:
+        return False
+    if min(b.max_timestamp for b in dirty_blocks) <= now_ms - cfg.max_compaction_lag_ms:
+        return True  # dirty data older than max.compaction.lag.ms: clean whatever the ratio
     total = sum(b.size for _, b in blocks)
-    dirty = sum(b.size for _, b in blocks if b.start_offset >= state.cleaned_end)
-    return dirty > 0 and dirty >= cfg.min_cleanable_dirty_ratio * total
+    dirty = sum(b.size for b in dirty_blocks)
+    return dirty >= cfg.min_cleanable_dirty_ratio * total
 
 
 async def compact_partition(engine: StreamEngine, p: Partition, cfg: TopicConfig,

@@ -210,7 +210,9 @@ KEYS: dict[str, ConfigKey] = {k.name: k for k in (
        Synonym("log.retention.minutes", INT, None, MINUTE_MS),
        Synonym("log.retention.hours", INT, "168", HOUR_MS)),
     _k("segment.bytes", INT, str(1 << 30), "Kafka's segment size; here the most bytes one "
-       "produce may append to a partition (RECORD_LIST_TOO_LARGE).", at_least(1 << 20),
+       "produce may append to a partition (RECORD_LIST_TOO_LARGE). The minimum is Kafka "
+       "3's (14), not Kafka 4's 1 MiB: with no segment files, small values cost nothing and "
+       "tools written for Kafka 3 keep working.", at_least(14),
        Synonym("log.segment.bytes", INT, str(1 << 30))),
     _k("segment.index.bytes", INT, str(10 << 20), "Kafka's index size (unused).", at_least(4),
        Synonym("log.index.size.max.bytes", INT, str(10 << 20))),
