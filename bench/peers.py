@@ -293,6 +293,13 @@ def run_perf(bootstrap: str, scenario: Scenario, rate: int, out: Path, pids: lis
     return report
 
 
+def _last_line(text: str) -> str:
+    """The line of an error worth a table note: the last ERROR line, or the last line."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if " ERROR " in ln]
+    return (errors or lines or ["?"])[-1][-240:]
+
+
 def run_scenario(scenario: Scenario, brokers: list[Broker], work: Path, moto: Moto
                  ) -> list[Row]:
     rows = []
@@ -309,7 +316,7 @@ def run_scenario(scenario: Scenario, brokers: list[Broker], work: Path, moto: Mo
             try:
                 running = broker.start(run_dir)
             except (RuntimeError, OSError) as exc:
-                row.note = f"did not start: {str(exc).strip().splitlines()[-1][:200]}"
+                row.note = f"did not start: {_last_line(str(exc))}"
                 break
             try:
                 moto_pid = moto.proc.pid if broker.uses_s3 else None
@@ -319,18 +326,17 @@ def run_scenario(scenario: Scenario, brokers: list[Broker], work: Path, moto: Mo
                                   run_dir / "report.json", pids)
                 f = figures(report, rate, running.pid, moto_pid)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                row.note = f"run failed at {rate} msg/s: {str(exc)[-300:]}"
+                row.note = f"run failed at {rate} msg/s: {_last_line(str(exc))}"
                 break
             finally:
                 running.stop()
             ok = sustained(f, groups)
-            if len(scenario.rates) == 1:
-                best = f
-                if not ok:
-                    row.note = "did not sustain the asked rate"
-                break
             if not ok:
-                row.note = row.note or f"{rate} msg/s not sustained"
+                if best is None:  # not even the first step: show it, marked
+                    best = f
+                    row.note = f"did not sustain {rate} msg/s (figures of that run)"
+                else:
+                    row.note = f"{rate} msg/s not sustained: highest sustained step shown"
                 break
             best = f
         if best is not None:

@@ -116,6 +116,7 @@ class PerfRun:
         self._acked_since_reset = 0
         self._received_since_reset = 0
         self.notes: list[str] = []
+        self._current: PhaseTotals | None = None  # the phase being collected
 
     # ---- phases ---------------------------------------------------------------------
 
@@ -143,6 +144,9 @@ class PerfRun:
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted: stopping and writing what was measured")
+            current = self._current
+            if measured is None and current is not None and current.name in ("test", "catchup"):
+                measured = current  # the measured phase so far
         finally:
             self.state.set_producing(False)
             if self.phases and self.phases[-1]["endMs"] is None:
@@ -340,6 +344,7 @@ class PerfRun:
         """Print an interval line every reporting interval until `duration_s` has passed
         or `until(interval tally)` holds; returns the phase's totals."""
         totals = PhaseTotals(name)
+        self._current = totals
         every = self.cfg.reporting_interval_s
         start = time.monotonic()
         end = start + duration_s if duration_s is not None else None
