@@ -4,6 +4,7 @@ fetch sessions (KIP-227) for incremental requests."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -110,12 +111,12 @@ async def handle_fetch(ctx: Context, header: RequestHeader, req: Any) -> Any:
         remaining = deadline - time.monotonic()
         if total >= min_bytes or has_error or remaining <= 0 or not wanted:
             break
-        waits = [p.wait_for_data() for key in wanted
-                 if (p := ctx.topics.partition(*key)) is not None]
-        _, pending = await asyncio.wait(waits, timeout=remaining,
-                                        return_when=asyncio.FIRST_COMPLETED)
-        for w in pending:
-            w.cancel()
+        arrived: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for key in wanted:
+            if (p := ctx.topics.partition(*key)) is not None:
+                p.add_waiter(arrived)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(arrived, remaining)
 
     by_topic: dict[str, TopicOut] = {}
     counters = traffic(ctx)
@@ -165,41 +166,71 @@ async def _read_all(
     ctx: Context, wanted: dict[PartitionKey, SessionPartition], max_bytes: int,
     committed: bool,
 ) -> dict[PartitionKey, Read]:
-    """Read every partition concurrently; the response size limit is applied in order."""
+    """Read every partition; the response size limit is applied in order.
+
+    A fetch names every assigned partition (librdkafka has no incremental sessions), most
+    with nothing new: those are answered without a coroutine, data in the log cache is
+    read inline, and only reads that need object storage run concurrently."""
     keys = list(wanted)
-    parts = [ctx.topics.partition(*k) for k in keys]
-    reads = await asyncio.gather(*(_read_one(p, wanted[k], committed)
-                                   for k, p in zip(keys, parts, strict=True)))
+    reads: list[Read] = []
+    slow: list[tuple[int, Partition, SessionPartition, int, list[tuple[int, int]] | None]] = []
+    for k in keys:
+        p = ctx.topics.partition(*k)
+        sp = wanted[k]
+        r = _answer_without_data(p, sp, committed)
+        if r is None:
+            assert p is not None
+            end = p.last_stable_offset if committed else p.high_watermark
+            aborted = p.aborted_transactions(sp.fetch_offset, end) if committed else None
+            if p.in_memory(sp.fetch_offset):
+                r = await _read_one(p, sp, end, aborted)
+            else:
+                slow.append((len(reads), p, sp, end, aborted))
+                r = Read(NONE, -1, -1, -1, [])  # filled in below
+        reads.append(r)
+    if slow:
+        done = await asyncio.gather(*(_read_one(p, sp, end, ab) for _, p, sp, end, ab in slow))
+        for (i, *_rest), r in zip(slow, done, strict=True):
+            reads[i] = r
     out: dict[PartitionKey, Read] = {}
     budget = max_bytes
     any_taken = False  # the first batch of a response goes out whatever its size (KIP-74)
     for k, r in zip(keys, reads, strict=True):
-        taken: list[Any] = []
-        n = 0
-        for b in r.bufs:
-            if any_taken and len(b) > budget:
-                break
-            taken.append(b)
-            n += len(b)
-            budget -= len(b)
-            any_taken = True
-        r.bufs, r.size = taken, n
+        if r.bufs:
+            taken: list[Any] = []
+            n = 0
+            for b in r.bufs:
+                if any_taken and len(b) > budget:
+                    break
+                taken.append(b)
+                n += len(b)
+                budget -= len(b)
+                any_taken = True
+            r.bufs, r.size = taken, n
         out[k] = r
     return out
 
 
-async def _read_one(p: Partition | None, sp: SessionPartition, committed: bool) -> Read:
-    """Read one partition; read_committed stops at the last stable offset and lists the
-    aborted transactions below it."""
+def _answer_without_data(p: Partition | None, sp: SessionPartition,
+                         committed: bool) -> Read | None:
+    """The answer for a partition with nothing to read (unknown, out of range, caught
+    up), or None when there is data to read."""
     if p is None:
         return Read(error("unknown_topic_or_partition"), -1, -1, -1, [])
-    hw, lso, start = p.high_watermark, p.last_stable_offset, p.log_start_offset
+    hw, start = p.high_watermark, p.log_start_offset
     if sp.fetch_offset < start or sp.fetch_offset > hw:
-        return Read(error("offset_out_of_range"), hw, lso, start, [])
-    end = lso if committed else hw
-    aborted = p.aborted_transactions(sp.fetch_offset, end) if committed else None
-    if sp.fetch_offset >= end:
-        return Read(NONE, hw, lso, start, [], aborted=aborted)
+        return Read(error("offset_out_of_range"), hw, p.last_stable_offset, start, [])
+    lso = p.last_stable_offset
+    if sp.fetch_offset >= (lso if committed else hw):
+        return Read(NONE, hw, lso, start, [])
+    return None
+
+
+async def _read_one(p: Partition, sp: SessionPartition, end: int,
+                    aborted: list[tuple[int, int]] | None) -> Read:
+    """Read one partition up to `end` (read_committed: the last stable offset, with the
+    aborted transactions below it)."""
+    hw, lso, start = p.high_watermark, p.last_stable_offset, p.log_start_offset
     try:
         bufs = await p.read(sp.fetch_offset, sp.max_bytes, end)
     except Exception as exc:  # an object read failed: the client retries

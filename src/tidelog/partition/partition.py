@@ -314,6 +314,10 @@ class Partition:
                                  b.base_offset, b.max_timestamp)
             offset = nxt
 
+    def in_memory(self, offset: int) -> bool:
+        """`offset` is in the log cache: a read of it needs no object storage."""
+        return self.stream.in_memory(offset)
+
     async def read(
         self, offset: int, max_bytes: int, end: int | None = None
     ) -> list[bytes | bytearray | memoryview]:
@@ -323,6 +327,10 @@ class Partition:
 
     def wait_for_data(self) -> asyncio.Future[None]:
         return self.stream.wait_for_data()
+
+    def add_waiter(self, fut: asyncio.Future[None]) -> None:
+        """Complete `fut` at the next append here (one future for a whole fetch)."""
+        self.stream.add_waiter(fut)
 
     async def offset_for_timestamp(self, timestamp: int) -> tuple[int, int] | None:
         """(offset, timestamp) of the first record whose timestamp is >= `timestamp`.

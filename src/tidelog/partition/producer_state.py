@@ -172,6 +172,8 @@ class ProducerState:
 
     def aborted_transactions(self, start: int, end: int) -> list[tuple[int, int]]:
         """(producer id, first offset) of aborted transactions overlapping [start, end)."""
+        if not self.aborted:
+            return []
         i = bisect.bisect_left(self.aborted, start, key=lambda a: a[2])
         return [(pid, first) for pid, first, _last in self.aborted[i:] if first < end]
 

@@ -99,6 +99,11 @@ class Stream:
         return await self._engine.read(self, start, self.confirm_offset if end is None else end,
                                        max_bytes)
 
+    def in_memory(self, offset: int) -> bool:
+        """`offset` is in the log cache (not only in objects)."""
+        first = self._engine.cache.first_offset(self.stream_id)
+        return first is not None and offset >= first
+
     async def trim(self, new_start: int) -> None:
         """Drop offsets below `new_start` (they stop being readable at once)."""
         await self._engine.trim_stream(self.stream_id, new_start)
@@ -131,9 +136,18 @@ class Stream:
 
     def wait_for_data(self) -> asyncio.Future[None]:
         """A future done at the next confirmed append (long polling)."""
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.add_waiter(fut)
         return fut
+
+    def add_waiter(self, fut: asyncio.Future[None]) -> None:
+        """Complete `fut` at the next confirmed append: one future can wait on many
+        streams (a fetch of hundreds of partitions). Waiters given up on (cancelled,
+        or completed by another stream) are pruned, so an idle stream's list stays short."""
+        waiters = self._waiters
+        if len(waiters) >= 64:
+            waiters[:] = [w for w in waiters if not w.done()]
+        waiters.append(fut)
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
