@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench clean conformance
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,6 +21,10 @@ test: $(STAMP)
 	$(VENV)/bin/mypy
 	python3 ../shared/tools/check_layers.py src/tidelog 2>/dev/null || test ! -f ../shared/tools/check_layers.py
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# librdkafka's own test suite against a broker (docs/compat.md); builds its runner once
+conformance: $(STAMP)
+	$(PY) scripts/conformance/run.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

@@ -169,3 +169,17 @@ def test_delete_topics_deletes_its_data(broker: BrokerProcess) -> None:
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
     admin.delete_topics(["doomed"])["doomed"].result(30)
     wait_for("object deletion", lambda: objects(broker) == [])
+
+
+def test_compacted_topic_refuses_records_without_a_key(broker: BrokerProcess) -> None:
+    create(broker, "keyed", {"cleanup.policy": "compact"})
+    outcomes: list[tuple[bytes | None, KafkaError | None]] = []
+    p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0, "retries": 0})
+    for key in (b"k1", None, b"k2"):
+        p.produce("keyed", key=key, value=b"v", partition=0,
+                  on_delivery=lambda err, msg: outcomes.append((msg.key(), err)))
+        p.flush(30)
+    assert [(k, e.code() if e else None) for k, e in outcomes] == [
+        (b"k1", None), (None, KafkaError.INVALID_RECORD), (b"k2", None)]
+    got = read_from(broker, "keyed", 0, "earliest", 2)
+    assert [k for _o, k, _v in got] == [b"k1", b"k2"]

@@ -27,8 +27,9 @@ PRODUCE = 0
 NO_RESPONSE = object()  # acks=0
 
 
-Outcome = tuple[ErrorCode, int, int, str | None, int]
-"""(error, base offset, log start offset, message, log append time or -1)."""
+Outcome = tuple[ErrorCode, int, int, str | None, int, list[tuple[int, str]]]
+"""(error, base offset, log start offset, message, log append time or -1, record errors)."""
+_NO_ERRORS: list[tuple[int, str]] = []
 
 
 async def _append(
@@ -37,31 +38,35 @@ async def _append(
     """The outcome for one partition; its topic's limits (max.message.bytes, timestamp
     bounds) are checked by `Partition.append`."""
     if p is None:
-        return error("unknown_topic_or_partition"), -1, -1, None, -1
+        return error("unknown_topic_or_partition"), -1, -1, None, -1, _NO_ERRORS
     if not data:
-        return error("invalid_record"), -1, -1, "empty record set", -1
+        return error("invalid_record"), -1, -1, "empty record set", -1, _NO_ERRORS
     try:
         res = await p.append(data, timeout)
         traffic(ctx).produced(p.topic, data)
-        return NONE, res.base_offset, res.log_start_offset, None, res.log_append_time
+        return (NONE, res.base_offset, res.log_start_offset, None, res.log_append_time,
+                _NO_ERRORS)
     except PartitionError as exc:
-        return error(exc.code), -1, -1, str(exc), -1
+        return error(exc.code), -1, -1, str(exc), -1, _NO_ERRORS
     except ProducerStateError as exc:
-        return error(exc.code), -1, -1, str(exc), -1
+        return error(exc.code), -1, -1, str(exc), -1, _NO_ERRORS
     except records.UnsupportedMagicError as exc:
-        return error("unsupported_version"), -1, -1, str(exc), -1
+        return error("unsupported_version"), -1, -1, str(exc), -1, _NO_ERRORS
+    except records.RecordErrors as exc:
+        log.info("produce to %s-%d refused: %s", p.topic, p.index, exc)
+        return error("invalid_record"), -1, -1, str(exc), -1, exc.errors
     except records.CorruptRecordError as exc:
         log.warning("produce to %s-%d refused: %s", p.topic, p.index, exc)
-        return error("corrupt_message"), -1, -1, str(exc), -1
+        return error("corrupt_message"), -1, -1, str(exc), -1, _NO_ERRORS
     except records.InvalidRecordError as exc:
         log.warning("produce to %s-%d refused: %s", p.topic, p.index, exc)
-        return error("invalid_record"), -1, -1, str(exc), -1
+        return error("invalid_record"), -1, -1, str(exc), -1, _NO_ERRORS
     except BackPressureTimeout as exc:
-        return error("request_timed_out"), -1, -1, str(exc), -1
+        return error("request_timed_out"), -1, -1, str(exc), -1, _NO_ERRORS
     except StorageError as exc:
-        return error("kafka_storage_error"), -1, -1, str(exc), -1
+        return error("kafka_storage_error"), -1, -1, str(exc), -1, _NO_ERRORS
     except StreamError as exc:
-        return error("not_leader_or_follower"), -1, -1, str(exc), -1
+        return error("not_leader_or_follower"), -1, -1, str(exc), -1, _NO_ERRORS
 
 
 async def handle_produce(ctx: Context, header: RequestHeader, req: Any) -> Any:
@@ -80,18 +85,21 @@ async def handle_produce(ctx: Context, header: RequestHeader, req: Any) -> Any:
     if req.acks == 0:
         return NO_RESPONSE
     by_topic: dict[str, list[Any]] = {}
-    for (name, index, _), (code, base, start, msg, at) in zip(jobs, results, strict=True):
+    for (name, index, _), (code, base, start, msg, at, bad) in zip(jobs, results, strict=True):
+        record_errors = tuple(make(mod.BatchIndexAndErrorMessage, batch_index=i,
+                                   batch_index_error_message=m) for i, m in bad
+                              ) if bad and hasattr(mod, "BatchIndexAndErrorMessage") else ()
         by_topic.setdefault(name, []).append(make(
             mod.PartitionProduceResponse, index=index, error_code=code, base_offset=base,
             log_append_time=None if at < 0 else datetime.fromtimestamp(at / 1000, UTC),
-            log_start_offset=start, record_errors=(), error_message=msg))
+            log_start_offset=start, record_errors=record_errors, error_message=msg))
     return make(mod.ProduceResponse, throttle_time=timedelta(0), responses=tuple(
         make(mod.TopicProduceResponse, name=name, partition_responses=tuple(parts))
         for name, parts in by_topic.items()))
 
 
 async def _const(code: ErrorCode) -> Outcome:
-    return code, -1, -1, None, -1
+    return code, -1, -1, None, -1, _NO_ERRORS
 
 
 APIS = [Api(PRODUCE, 3, 11, handle_produce)]

@@ -105,6 +105,21 @@ def _producer_batch(b: records.BatchInfo) -> records.BatchInfo | None:
     return b
 
 
+def _check_keys(buf: bytes, batches: list[records.BatchInfo]) -> None:
+    """A compacted topic keeps the latest value per key: a record without one is refused,
+    as Kafka does. The only per-record work on the produce path, and only here."""
+    errors: list[tuple[int, str]] = []
+    for info in batches:
+        if info.is_control:
+            continue
+        for i, (_offset, _ts, key, _value) in enumerate(read_records(buf, info)):
+            if key is None:
+                errors.append((i, "Compacted topic cannot accept message without key."))
+    if errors:
+        raise records.RecordErrors(f"{len(errors)} records without a key sent to a "
+                                   f"compacted topic", errors)
+
+
 class Partition:
     def __init__(self, topic: str, index: int, stream: Stream, leader_epoch: int = 0,
                  meta: MetadataStore | None = None,
@@ -153,6 +168,8 @@ class Partition:
             _check_sizes(batches, len(batch_bytes), cfg)
         if cfg.checks_timestamps:
             _check_timestamps(batches, cfg, int(time.time() * 1000))
+        if "compact" in cfg.cleanup_policy:
+            _check_keys(batch_bytes, batches)
         first = batches[0]
         checked: records.BatchInfo | None = None
         if len(batches) == 1:

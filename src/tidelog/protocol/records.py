@@ -39,6 +39,15 @@ class CorruptRecordError(InvalidRecordError):
     """CRC mismatch or truncated batch (maps to CORRUPT_MESSAGE)."""
 
 
+class RecordErrors(InvalidRecordError):
+    """Records the broker refuses one by one (KIP-467): INVALID_RECORD with the index of
+    each bad record inside its batch, so the client fails exactly those."""
+
+    def __init__(self, message: str, errors: list[tuple[int, str]]) -> None:
+        super().__init__(message)
+        self.errors = errors
+
+
 class UnsupportedMagicError(InvalidRecordError):
     """Message format v0/v1 (maps to UNSUPPORTED_VERSION)."""
 
