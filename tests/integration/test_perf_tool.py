@@ -20,10 +20,17 @@ PERCENTILES = ("50th", "75th", "90th", "95th", "99th", "999th", "9999th")
 
 
 def run_perf(bootstrap: str, out: Path, *flags: str) -> tuple[dict[str, Any], str]:
-    cmd = [sys.executable, "-m", "tidelog.cli", "perf", "-B", bootstrap, "--output", str(out),
+    """Runs the tool; `out` is its --output file, or a directory to run in without
+    --output (the report is then `perf-<timestamp>.json` there)."""
+    output = [] if out.is_dir() else ["--output", str(out)]
+    cmd = [sys.executable, "-m", "tidelog.cli", "perf", "-B", bootstrap, *output,
            "--processes", "2", "-i", "0.5", *flags]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                          cwd=out if out.is_dir() else None)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    if out.is_dir():
+        (out,) = out.glob("perf-*.json")
+        assert out.with_suffix(".html").exists()
     return json.loads(out.read_text()), proc.stdout
 
 
@@ -48,6 +55,12 @@ def test_short_run_report_accounts_for_every_record(broker_factory: type[BrokerP
 
     test = phase_row(report, "test")
     assert test["acked"] > 0 and test["failed"] == 0
+    # two worker processes drew from one send-rate budget: together they kept the asked rate
+    assert len(report["cpuWholeRun"]["workerPids"]) == 2
+    assert abs(report["produceRateTotal"] - 400) / 400 < 0.03, report["produceRateTotal"]
+    # durations are minutes (fractions accepted): 0.03 min of warm-up, 0.05 min measured
+    seconds = {p["name"]: (p["endMs"] - p["startMs"]) / 1000 for p in report["phases"]}
+    assert abs(seconds["warmup"] - 1.8) < 1.0 and abs(seconds["test"] - 3.0) < 1.0, seconds
     assert test["sent"] == test["acked"]
     assert test["received"] == test["expectedReceived"] == 2 * test["acked"]
     warmup = phase_row(report, "warmup")
@@ -100,7 +113,7 @@ def test_catch_up_phase_reads_the_backlog(broker_factory: type[BrokerProcess],
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
     admin.create_topics([NewTopic("__automq_perf_stale", 1, 1)])["__automq_perf_stale"].result(30)
     report, stdout = run_perf(
-        broker.bootstrap, tmp_path / "catchup.json", "--reset", "-X", "cu", "-t", "1",
+        broker.bootstrap, tmp_path, "--reset", "-X", "cu", "-t", "1",
         "-n", "2", "-g", "2", "-G", "1", "-r", "200", "-w", "0", "-b", "2", "-a", "100")
     assert "__automq_perf_stale" not in admin.list_topics(timeout=10).topics  # --reset
     assert [p["name"] for p in report["phases"]] == ["prepare", "backlog", "catchup", "drain"]

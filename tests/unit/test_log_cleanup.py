@@ -6,9 +6,11 @@ import random
 import time
 from pathlib import Path
 
+from tests.unit.harness import open_topics
 from tidelog.metadata.embedded import EmbeddedMetadataStore
 from tidelog.objectstore.uri import open_object_store
 from tidelog.partition.log_compactor import CleanerState, compact_partition
+from tidelog.partition.log_manager import LogManager, LogManagerConfig
 from tidelog.partition.partition import Partition, describe
 from tidelog.partition.retention import enforce_retention, retention_start
 from tidelog.partition.topic_config import TopicConfig, resolve
@@ -171,5 +173,40 @@ async def test_max_compaction_lag_forces_a_pass_below_the_dirty_ratio(tmp_path: 
                        "max.compaction.lag.ms": "500"})
     assert await compact_partition(engine, p, forced, state, now_ms=7_000)
     assert [v for _o, _k, v in await read_values(p)] == [b"y"]
+    await engine.close()
+    await engine.meta.close()
+
+
+async def test_cleaner_uploads_data_that_a_segment_roll_would_make_cleanable(
+        tmp_path: Path) -> None:
+    """Only uploaded data is cleanable: where Kafka would roll the active segment
+    (max.compaction.lag.ms, segment.ms, segment.bytes), the cleaner uploads first."""
+    wal = FileWAL(str(tmp_path / "wal"), capacity=32 << 20)
+    engine, topics = await open_topics(tmp_path, wal, open_object_store("memory://"), 1)
+    clock = [10.0]
+    manager = LogManager(topics, LogManagerConfig(), clock=lambda: clock[0])
+    lagged = await topics.create("lagged", 1, {"cleanup.policy": "compact",
+                                               "max.compaction.lag.ms": "1000"})
+    rolled = await topics.create("rolled", 1, {"cleanup.policy": "compact",
+                                               "segment.bytes": "2000"})
+    for t in (lagged, rolled):
+        for v in (b"1", b"2", b"3"):
+            await t.partitions[0].append(records.build_batch([(b"k", v * 500)],
+                                                             timestamp=10_000))
+    assert engine.unuploaded(lagged.partitions[0].stream.stream_id)[0] > 0
+
+    # rolled holds 1,500 bytes, under its segment.bytes; lagged's data is 0.5 s old
+    clock[0] = 10.5
+    assert await manager.clean() == 0 and manager.rolls == 0
+    clock[0] = 11.0  # lagged's records are max.compaction.lag.ms old: one upload, both clean
+    assert await manager.clean() == 2 and manager.rolls == 1
+    assert engine.unuploaded(lagged.partitions[0].stream.stream_id) == (0, None)
+    for t in (lagged, rolled):
+        assert [v for _o, _k, v in await read_values(t.partitions[0])] == [b"3" * 500]
+    for v in (b"4", b"5", b"6", b"7"):  # 2,000 bytes reach rolled's segment.bytes
+        await rolled.partitions[0].append(records.build_batch([(b"k", v * 500)],
+                                                              timestamp=11_000))
+    assert await manager.clean() == 1 and manager.rolls == 2
+    assert [v for _o, _k, v in await read_values(rolled.partitions[0])] == [b"7" * 500]
     await engine.close()
     await engine.meta.close()

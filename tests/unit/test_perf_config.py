@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tidelog.tools.perf import clientconf
+from tidelog.tools.perf import clientconf, topics
 from tidelog.tools.perf.config import (
     MAX_CONSUME_RATE,
     PerfConfigError,
@@ -166,3 +166,9 @@ def test_java_client_names_become_librdkafka_names() -> None:
     assert clientconf.sticky_batch_bytes({"batch.size": "0"}, {}) == 0
     assert clientconf.sticky_batch_bytes({}, {}) == clientconf.BATCH_SIZE_DEFAULT
     assert clientconf.sticky_linger_ms({}, {"sticky.partitioning.linger.ms": "3"}) == 3
+
+
+def test_topic_and_group_names_follow_the_original_scheme() -> None:
+    assert topics.topic_name("abc", 128, 3) == "__automq_perf_abc_0128_0000003"
+    assert topics.group_id("__automq_perf_abc_0128_0000003", 2) == \
+        "sub-__automq_perf_abc_0128_0000003-002"

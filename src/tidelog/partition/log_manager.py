@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from tidelog.partition.log_compactor import CleanerState, compact_partition
 from tidelog.partition.retention import enforce_retention
+from tidelog.partition.topic_config import TopicConfig
 from tidelog.partition.topics import TopicManager
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class LogManager:
         self.offsets_deleted = 0
         self.cleaner_runs = 0
         self.records_cleaned = 0
+        self.rolls = 0
+        """Uploads the cleaner asked for early (`_segment_due`)."""
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="log-manager")
@@ -85,25 +88,39 @@ class LogManager:
         """One log-compaction pass over every compacted user topic; returns partitions
         cleaned."""
         now_ms = int(self._clock() * 1000)
+        engine = self.topics.engine
+        live = engine.streams
+        compacted = [(p, cfg) for topic in list(self.topics.topics.values())
+                     if not topic.internal
+                     and "compact" in (cfg := self.topics.topic_config(topic)).cleanup_policy
+                     for p in list(topic.partitions) if p.stream.stream_id in live]
+        if any(_segment_due(engine.unuploaded(p.stream.stream_id), cfg, now_ms)
+               for p, cfg in compacted):
+            self.rolls += 1
+            await engine.upload()
         cleaned = 0
-        live = self.topics.engine.streams
-        for topic in list(self.topics.topics.values()):
-            if topic.internal:
+        for p, cfg in compacted:
+            sid = p.stream.stream_id
+            if sid not in live:
                 continue
-            cfg = self.topics.topic_config(topic)
-            if "compact" not in cfg.cleanup_policy:
-                continue
-            for p in list(topic.partitions):
-                sid = p.stream.stream_id
-                if sid not in live:
-                    continue
-                state = self._cleaners.setdefault(sid, CleanerState())
-                result = await compact_partition(self.topics.engine, p, cfg, state, now_ms,
-                                                 self.config.cleaner_max_bytes)
-                if result is not None:
-                    cleaned += 1
-                    self.cleaner_runs += 1
-                    self.records_cleaned += result.records_before - result.records_after
+            state = self._cleaners.setdefault(sid, CleanerState())
+            result = await compact_partition(engine, p, cfg, state, now_ms,
+                                             self.config.cleaner_max_bytes)
+            if result is not None:
+                cleaned += 1
+                self.cleaner_runs += 1
+                self.records_cleaned += result.records_before - result.records_after
         for sid in [s for s in self._cleaners if s not in live]:
             del self._cleaners[sid]
         return cleaned
+
+
+def _segment_due(unuploaded: tuple[int, int | None], cfg: TopicConfig, now_ms: int) -> bool:
+    """Whether a compacted partition's data not yet uploaded should be uploaded now, to
+    become cleanable: Kafka rolls its active segment at `segment.bytes`, at `segment.ms`,
+    and once it holds data older than `max.compaction.lag.ms`; an upload is our roll."""
+    size, oldest = unuploaded
+    if oldest is None:
+        return False
+    return size >= cfg.segment_bytes or \
+        now_ms - oldest >= min(cfg.segment_ms, cfg.max_compaction_lag_ms)

@@ -268,6 +268,16 @@ class StreamEngine:
 
     # ---- upload ---------------------------------------------------------------------
 
+    def unuploaded(self, stream_id: int) -> tuple[int, int | None]:
+        """(bytes, oldest batch timestamp) of a stream's data not yet uploaded: only
+        uploaded data can be compacted, so the log cleaner weighs this to upload early,
+        as Kafka rolls a segment to make it cleanable."""
+        entries = self.cache.entries(stream_id)
+        if not entries:
+            return 0, None
+        return sum(len(e.payload) for e in entries), min(e.max_timestamp for e in entries)
+
+
     async def _upload_loop(self) -> None:
         backoff = 0.1
         while True:
