@@ -17,7 +17,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	scripts/install-test-tools.sh
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench scripts
 	$(VENV)/bin/mypy
 	python3 ../shared/tools/check_layers.py src/tidelog 2>/dev/null || test ! -f ../shared/tools/check_layers.py
 	$(PY) -m pytest -q -p no:cacheprovider
@@ -27,7 +27,7 @@ conformance: $(STAMP)
 	$(PY) scripts/conformance/run.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench scripts
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)

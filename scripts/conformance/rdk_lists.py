@@ -61,3 +61,13 @@ def verdict(results: list[Result], known_failures: dict[str, list[str]]) -> Verd
     known = [r.test_id for r in results if not r.passed and r.test_id in known_failures]
     new = [r.test_id for r in results if not r.passed and r.test_id not in known_failures]
     return Verdict(passed + fixed, known, new, fixed)
+
+
+def retried(first: list[Result], second: list[Result]) -> list[Result]:
+    """The second try's results; a test that failed first and passed now says so in its
+    detail, so a flaky test shows in the table instead of hiding behind the pass."""
+    failed_first = {r.test_id: r.detail for r in first if not r.passed}
+    return [Result(r.test_id, r.passed,
+                   f"flaky: the first try failed: {failed_first[r.test_id]}"
+                   if r.passed and r.test_id in failed_first else r.detail,
+                   r.seconds) for r in second]

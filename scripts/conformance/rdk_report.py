@@ -42,7 +42,7 @@ def render(run: dict[str, Any], tests: list[RunnerTest], catalog: dict[str, str]
             elif tid in results:
                 r = results[tid]
                 if r["passed"]:
-                    result, key = "pass", "pass"
+                    result, key = ("pass" if not r["detail"] else f"pass ({r['detail']})"), "pass"
                 elif tid in known:
                     issue, reason = known[tid]
                     ref = f"issue {issue}" if issue.isdigit() else issue

@@ -28,7 +28,7 @@ ROOT = HERE.parents[1]
 LISTS = ROOT / "tests" / "conformance"
 sys.path[:0] = [str(HERE), str(ROOT)]
 
-from rdk_lists import Result, read_table, verdict  # noqa: E402
+from rdk_lists import Result, read_table, retried, verdict  # noqa: E402
 from rdk_report import render, update_doc  # noqa: E402
 from rdk_suite import (  # noqa: E402
     Job,
@@ -212,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="test.timeout.multiplier for the runner (default: the runner's 1.0)")
     p.add_argument("--broker-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a broker setting (repeatable), e.g. wal.capacity=67108864")
+    p.add_argument("--retries", type=int, default=1,
+                   help="run a failed job once more; a pass on retry is reported as flaky")
     p.add_argument("--debug", help="TEST_DEBUG: librdkafka debug contexts, e.g. cgrp,fetch")
     p.add_argument("--runner", type=Path, help="a built tests/test-runner (default: build it)")
     p.add_argument("--out", type=Path, default=CACHE / "runs" / "last",
@@ -260,12 +262,19 @@ def main(argv: list[str] | None = None) -> int:
         if Live.stopping.is_set():
             return []
         work = args.out / re.sub(r"[^\w.-]+", "_", job.label).strip("_")
-        try:
-            return run_job(job, runner, work, args.timeout, args.kafka_version,
-                           args.timeout_multiplier, kafka_path, args.debug)
-        except Exception as exc:  # a broken broker fails this job, not the whole run
-            return [Result(rid, False, f"{type(exc).__name__}: {str(exc)[:300]}")
-                    for rid in job.result_ids()]
+
+        def attempt(where: Path) -> list[Result]:
+            try:
+                return run_job(job, runner, where, args.timeout, args.kafka_version,
+                               args.timeout_multiplier, kafka_path, args.debug)
+            except Exception as exc:  # a broken broker fails this job, not the whole run
+                return [Result(rid, False, f"{type(exc).__name__}: {str(exc)[:300]}")
+                        for rid in job.result_ids()]
+
+        first = attempt(work)
+        if all(r.passed for r in first) or args.retries < 1 or Live.stopping.is_set():
+            return first
+        return retried(first, attempt(work.with_name(work.name + "-retry")))
 
     def interrupted(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
@@ -281,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                 if r.passed and r.test_id in known:
                     mark = "PASS (listed as a known failure: take it off the list)"
                 line = f"{mark:<6} {r.test_id} ({r.seconds:.0f}s)"
-                print(line + (f": {r.detail}" if r.detail and not r.passed else ""), flush=True)
+                print(line + (f": {r.detail}" if r.detail else ""), flush=True)
     except KeyboardInterrupt:
         Live.end_all()
         pool.shutdown(cancel_futures=True)

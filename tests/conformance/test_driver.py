@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "conformance"))
 
-from rdk_lists import Result, read_table, verdict  # noqa: E402
+from rdk_lists import Result, read_table, retried, verdict  # noqa: E402
 from rdk_suite import (  # noqa: E402
     main_function_calls,
     parse_tests,
@@ -154,3 +154,12 @@ def test_the_committed_lists_are_well_formed() -> None:
     assert not set(excluded) & set(known)
     for issue, _reason in known.values():
         assert issue.isdigit(), issue
+
+
+def test_a_pass_on_retry_is_reported_as_flaky() -> None:
+    first = [Result("0001_a", False, "took 1011 ms"), Result("0001_b", True)]
+    second = [Result("0001_a", True, "", 2.0), Result("0001_b", False, "boom")]
+    got = retried(first, second)
+    assert got[0] == Result("0001_a", True, "flaky: the first try failed: took 1011 ms", 2.0)
+    assert got[1] == Result("0001_b", False, "boom")  # a failure now is a failure
+    assert verdict(got, {}).new == ["0001_b"]

@@ -139,7 +139,23 @@ def test_counters_match_clients_and_object_store(broker_factory: type[BrokerProc
         part = f'{{partition="{p}",topic="metered"}}'
         assert m[f"kafka_log_log_logendoffset{part}"] == N // PARTITIONS
         assert m[f"kafka_log_log_logstartoffset{part}"] == 0
+    # the partitions hold the batches, each framed by 20 bytes in its object's block
+    size = sum(m[f'kafka_log_log_size{{partition="{p}",topic="metered"}}']
+               for p in range(PARTITIONS))
+    assert size == batch_bytes + 20 * records
     assert m["kafka_server_replicamanager_partitioncount"] == PARTITIONS + 2  # + internal
+
+    # a group that committed 100 and 200: its offsets and lag, as kafka_exporter names them
+    behind = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "behind"})
+    behind.commit(offsets=[TopicPartition("metered", p, 100 * (p + 1))
+                           for p in range(PARTITIONS)], asynchronous=False)
+    behind.close()
+    m = scrape(broker.metrics_url)
+    for p in range(PARTITIONS):
+        group = f'{{consumergroup="behind",partition="{p}",topic="metered"}}'
+        assert m[f"kafka_consumergroup_current_offset{group}"] == 100 * (p + 1)
+        assert m[f"kafka_consumergroup_lag{group}"] == N // PARTITIONS - 100 * (p + 1)
+    assert m['kafka_consumergroup_lag_sum{consumergroup="behind",topic="metered"}'] == N - 300
 
 
 def test_endpoint_answers_under_load(broker_factory: type[BrokerProcess]) -> None:

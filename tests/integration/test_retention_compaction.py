@@ -129,6 +129,15 @@ def test_size_retention_keeps_the_partition_under_its_bound(broker: BrokerProces
     assert high == 100 and 60 <= low < 100
     got = read_from(broker, "sized", low, "earliest", high - low)
     assert [o for o, _k, _v in got] == list(range(low, high))
+    # the objects below the new log start leave the store: each object holds whole
+    # 10-record batches, so no more than one per 10 records kept remains
+    kept = -(-(high - low) // 10)
+    wait_for("object deletion", lambda: len(objects(broker)) <= kept)
+    # positioned below the log start: OFFSET_OUT_OF_RANGE, then each client's reset policy
+    earliest = read_from(broker, "sized", 0, "earliest", 1)
+    assert earliest[0][0] == low
+    with pytest.raises(AssertionError, match="Offset out of range|OFFSET_OUT_OF_RANGE"):
+        read_from(broker, "sized", 0, "error", 1, timeout=10)
 
 
 def test_compaction_keeps_the_latest_value_of_900_keys(broker: BrokerProcess) -> None:

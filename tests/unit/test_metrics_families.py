@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from tidelog.api.traffic import Traffic, frame_bytes, record_count
-from tidelog.config import ConfigError
+from tidelog.config import DEFAULTS, ConfigError
 from tidelog.metrics.collector import read_section
 from tidelog.metrics.endpoint import parse_metrics_listener
 from tidelog.metrics.families import histogram
@@ -89,7 +89,8 @@ def test_zone_bytes_split_data_from_control() -> None:
 
 
 def test_metrics_listener_setting() -> None:
-    assert parse_metrics_listener("http://0.0.0.0:9464") == ("0.0.0.0", 9464)
+    assert DEFAULTS["metrics.enabled"] == "true"
+    assert parse_metrics_listener(DEFAULTS["metrics.listener"]) == ("0.0.0.0", 9464)
     assert parse_metrics_listener("http://[::1]:0/metrics") == ("::1", 0)
     assert parse_metrics_listener("http://:9100") == ("0.0.0.0", 9100)
     for bad in ("9464", "https://h:1", "http://h", "http://h:1/other", "http://h:x"):

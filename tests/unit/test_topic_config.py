@@ -25,7 +25,7 @@ from tidelog.partition.topic_config import (
     validate,
     validate_broker,
 )
-from tidelog.partition.topics import TopicError, TopicManager
+from tidelog.partition.topics import TOPICS, TopicError, TopicManager
 from tidelog.protocol import records
 from tidelog.stream.engine import EngineConfig, StreamEngine
 from tidelog.stream.wal.memory_wal import MemoryWAL, MemoryWALStore
@@ -301,3 +301,35 @@ async def test_add_partitions_and_alter_configs_survive_restart(broker: Broker) 
     cfg = topics.topic_config(t)
     assert (cfg.retention_bytes, cfg.retention_ms) == (1024, 300_000)  # broker's dynamic
     assert topics.partition("t", 3).high_watermark == 1  # type: ignore[union-attr]
+
+
+async def test_streams_of_a_create_or_delete_cut_short_are_deleted_on_load(
+        broker: Broker) -> None:
+    """kill -9 between a topic's streams and its record (create), or between its record
+    and its streams (delete): the next load deletes the streams no topic names, and their
+    objects become garbage; the topics that exist keep their data."""
+    topics = await broker.start()
+    await topics.create("kept", 1)
+    await topics.create("doomed", 2)
+    for name in ("kept", "doomed"):
+        await topics.partition(name, 0).append(_batch(3))  # type: ignore[union-attr]
+    assert broker.engine is not None
+    orphan = await broker.engine.create_stream()  # a create cut short before its record
+    doomed = [p.stream.stream_id for p in topics.get("doomed").partitions]  # type: ignore[union-attr]
+    await topics.meta.delete(TOPICS + "doomed")  # a delete cut short after its record
+    await broker.stop()
+
+    topics = await broker.start()
+    assert broker.engine is not None
+    assert set(topics.topics) == {"kept"}
+    kept = topics.partition("kept", 0)
+    assert kept is not None and set(broker.engine.streams) == {kept.stream.stream_id}
+    assert orphan.stream_id not in broker.engine.streams
+    assert (await kept.stream.fetch(0, 1 << 20))[0]  # still readable
+    await broker.engine.upload()
+    await broker.engine._collect_garbage()
+    for sid in (orphan.stream_id, *doomed):
+        assert not broker.engine.index.blocks(sid)
+    await broker.stop()
+    topics = await broker.start()  # and it stays that way
+    assert set(topics.topics) == {"kept"} and len(broker.engine.streams) == 1

@@ -120,9 +120,11 @@ class TopicManager:
                 self.dynamic_configs[scope] = json.loads(entry.value)["configs"]
                 self._dynamic_versions[scope] = entry.version
         self.defaults = _lenient({}, self.broker_configs)
+        owned: set[int] = set()
         for e in await self.meta.list(TOPICS):
             rec = json.loads(e.value)
             name = e.key[len(TOPICS):]
+            owned.update(rec["streams"])
             parts = []
             for i, sid in enumerate(rec["streams"]):
                 stream = self.engine.streams.get(sid)
@@ -132,7 +134,18 @@ class TopicManager:
                 parts.append(self._partition(name, i, stream))
             else:
                 self._add(Topic(name, uuid.UUID(rec["id"]), parts, rec.get("configs", {})))
+        await self._delete_unowned(owned)
         await self.restore_producers()
+
+    async def _delete_unowned(self, owned: set[int]) -> None:
+        """Streams no topic names: a create (streams first, then the topic record) or a
+        delete (record first, then the streams) cut short by a crash. Their data goes, as
+        the cut-short operation would have done or undone."""
+        for sid in sorted(set(self.engine.streams) - owned):
+            log.warning("stream %d belongs to no topic (a topic create or delete was cut "
+                        "short): deleting it", sid)
+            await self.engine.delete_stream(sid)
+            await self.meta.delete(f"{PRODUCERS}{sid}")
 
 
     async def restore_producers(self) -> None:
