@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tests.integration.broker import WAL_KINDS, BrokerProcess, wal_settings
+from tests.integration.broker import WAL_KINDS, WAL_OPENED, BrokerProcess, wal_settings
 
 PARTITIONS = 3
 KILLS = 6
@@ -29,8 +29,7 @@ def test_acknowledged_messages_survive_sigkill(
         **wal_settings(wal_kind, request, tmp_path),
     }).start()
     # the WAL in use says so when it opens
-    assert {"file": ".wal: opened", "direct": ", O_DIRECT", "s3": "opened epoch 1 at object"}[
-        wal_kind] in broker.log()
+    assert WAL_OPENED[wal_kind] in broker.log()
     try:
         admin = AdminClient({"bootstrap.servers": broker.bootstrap})
         admin.create_topics([NewTopic("chaos", PARTITIONS, 1)])["chaos"].result(30)

@@ -48,6 +48,10 @@ def wal_settings(kind: str, request: pytest.FixtureRequest, directory: Path) -> 
     raise ValueError(f"unknown WAL kind {kind!r}")
 
 
+WAL_OPENED = {"file": ".wal: opened", "direct": ", O_DIRECT", "s3": "opened epoch 1 at object"}
+"""What the broker logs when each WAL kind opens: proof a test ran on the kind it names."""
+
+
 class BrokerProcess:
     def __init__(self, data_dir: Path, settings: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir

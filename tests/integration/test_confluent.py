@@ -9,7 +9,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tests.integration.broker import WAL_KINDS, BrokerProcess, wal_settings
+from tests.integration.broker import WAL_KINDS, WAL_OPENED, BrokerProcess, wal_settings
 from tests.integration.test_metrics import scrape
 
 N_PARTITIONS = 8
@@ -78,6 +78,7 @@ def test_roundtrip_on_every_wal(
 ) -> None:
     """The client round trip on each WAL, idempotent producer and a restart included."""
     broker = broker_factory(wal_settings(wal_kind, request, tmp_path)).start()
+    assert WAL_OPENED[wal_kind] in broker.log()
     create_topic(broker.bootstrap, "every-wal")
     sent = produce_keyed(broker.bootstrap, "every-wal", 5_000,
                          **{"compression.type": "lz4", "enable.idempotence": True})

@@ -12,6 +12,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from tests.integration.broker import WAL_KINDS, BrokerProcess, wal_settings
+from tests.integration.test_metrics import scrape
 
 TOPIC = "full"
 
@@ -84,6 +85,10 @@ def test_full_wal_times_out_produce_then_recovers(
         assert stalled and len(stalled) + len(errors) == 250
         assert broker.proc is not None and broker.proc.poll() is None
         assert "upload failed" in broker.log()
+        # produce slowed first: appends waited for room before any gave up
+        m = scrape(broker.metrics_url)
+        waits = sum(v for k, v in m.items() if k.startswith("tidelog_backpressure_waits_total"))
+        assert waits > 0, m
     finally:
         objects.unlink()
         parked.rename(objects)  # uploads resume at the uploader's next retry
