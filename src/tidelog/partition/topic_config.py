@@ -144,7 +144,8 @@ KEYS: dict[str, ConfigKey] = {k.name: k for k in (
        at_least(0), Synonym("log.cleaner.delete.retention.ms", L, "86400000")),
     _k("file.delete.delay.ms", L, "60000",
        "Grace period before an object no longer referenced is deleted from object storage "
-       "(a reader mid-fetch finishes first).",
+       "(a reader mid-fetch finishes first). The broker's log.segment.delete.delay.ms "
+       "applies to every topic: one object holds several topics' data.",
        at_least(0), Synonym("log.segment.delete.delay.ms", L, "60000")),
     _k("flush.messages", L, _MAX, "Kafka's fsync interval in records (unused: every "
        "acknowledged batch is fsynced in the WAL).", at_least(1),
@@ -218,8 +219,8 @@ KEYS: dict[str, ConfigKey] = {k.name: k for k in (
        Synonym("log.index.size.max.bytes", INT, str(10 << 20))),
     _k("segment.jitter.ms", L, "0", "Kafka's segment roll jitter (unused).", at_least(0),
        Synonym("log.roll.jitter.ms", L), Synonym("log.roll.jitter.hours", INT, "0", HOUR_MS)),
-    _k("segment.ms", L, _WEEK, "Kafka's segment roll time: the granularity of time "
-       "retention and compaction.", at_least(1), Synonym("log.roll.ms", L),
+    _k("segment.ms", L, _WEEK, "Kafka's segment roll time; here, on compacted topics, the "
+       "age at which data not yet uploaded is uploaded so it can be compacted.", at_least(1), Synonym("log.roll.ms", L),
        Synonym("log.roll.hours", INT, "168", HOUR_MS)),
     _k("unclean.leader.election.enable", B, "false", "Accepted for compatibility (one copy: "
        "no election can lose data).", None, Synonym("unclean.leader.election.enable", B,
