@@ -18,7 +18,7 @@ from tidelog.tools.perf.payloads import (
     read_send_time,
     send_time_header,
 )
-from tidelog.tools.perf.ratelimit import SendSchedule, TokenBucket
+from tidelog.tools.perf.ratelimit import MIN_RATE, SendSchedule, TokenBucket, ramp_rate
 from tidelog.tools.perf.report import (
     Interval,
     PhaseTotals,
@@ -300,3 +300,12 @@ def test_random_values() -> None:
     vals = random_values(100, 0.25, 10, random.Random(1))
     assert len(vals) == 10 and all(len(v) == 100 and v[25:] == bytes(75) for v in vals)
     assert len(set(vals)) == 10
+
+
+def test_warmup_ramp_rises_linearly_over_the_first_half_then_holds() -> None:
+    ramp = (100.0, 130.0)  # a one-minute warm-up ramps over its first 30 s
+    assert ramp_rate(100.0, ramp, 1001.0) == MIN_RATE == 1.0
+    assert ramp_rate(115.0, ramp, 1001.0) == 501.0
+    assert ramp_rate(130.0, ramp, 1001.0) == 1001.0
+    assert ramp_rate(150.0, ramp, 1001.0) == 1001.0  # second half: the full rate
+    assert ramp_rate(90.0, ramp, 1001.0) == 1.0

@@ -220,7 +220,8 @@ KEYS: dict[str, ConfigKey] = {k.name: k for k in (
     _k("segment.jitter.ms", L, "0", "Kafka's segment roll jitter (unused).", at_least(0),
        Synonym("log.roll.jitter.ms", L), Synonym("log.roll.jitter.hours", INT, "0", HOUR_MS)),
     _k("segment.ms", L, _WEEK, "Kafka's segment roll time; here, on compacted topics, the "
-       "age at which data not yet uploaded is uploaded so it can be compacted.", at_least(1), Synonym("log.roll.ms", L),
+       "age at which data not yet uploaded is uploaded so it can be compacted.", at_least(1),
+       Synonym("log.roll.ms", L),
        Synonym("log.roll.hours", INT, "168", HOUR_MS)),
     _k("unclean.leader.election.enable", B, "false", "Accepted for compatibility (one copy: "
        "no election can lose data).", None, Synonym("unclean.leader.election.enable", B,

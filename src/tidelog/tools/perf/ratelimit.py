@@ -98,3 +98,14 @@ class TokenBucket:
             self._tokens[0] = tokens
             self._last[0] = max(now_ns, self._last[0])
         return 0 if tokens >= 0 else math.ceil(-tokens / self.rate * 1e9)
+
+
+MIN_RATE = 1.0
+"""msg/s at the start of the warm-up ramp, as the original."""
+
+
+def ramp_rate(now: float, ramp: tuple[float, float], target: float) -> float:
+    """The send rate at `now` of a warm-up that rises linearly from MIN_RATE at `ramp[0]`
+    to `target` at `ramp[1]` (the first half of the warm-up), then holds."""
+    frac = min(1.0, max(0.0, (now - ramp[0]) / max(1e-9, ramp[1] - ramp[0])))
+    return MIN_RATE + (target - MIN_RATE) * frac

@@ -28,7 +28,7 @@ from typing import Any, TextIO
 from tidelog.tools.perf import chart, clientconf, topics
 from tidelog.tools.perf.config import MAX_CONSUME_RATE, PerfConfig, PerfConfigError
 from tidelog.tools.perf.pool import WorkerPool
-from tidelog.tools.perf.ratelimit import SendSchedule, TokenBucket
+from tidelog.tools.perf.ratelimit import MIN_RATE, SendSchedule, TokenBucket, ramp_rate
 from tidelog.tools.perf.report import (
     Interval,
     PhaseTotals,
@@ -45,7 +45,6 @@ from tidelog.tools.perf.worker import ConsumerSpec, ProducerSpec, WorkerSpec
 log = logging.getLogger("tidelog.perf")
 READY_TIMEOUT_S = 120.0
 PROBE_EVERY_S = 1.0
-MIN_RATE = 1.0
 DRAIN_IDLE_S = 5.0
 DRAIN_MAX_S = 60.0
 
@@ -354,8 +353,7 @@ class PerfRun:
             now = time.monotonic()
             if ramp is not None and now - last_ramp >= 0.1:
                 last_ramp = now
-                frac = min(1.0, (now - ramp[0]) / max(1e-9, ramp[1] - ramp[0]))
-                self.schedule.set_rate(MIN_RATE + (self.cfg.send_rate - MIN_RATE) * frac,
+                self.schedule.set_rate(ramp_rate(now, ramp, self.cfg.send_rate),
                                        time.monotonic_ns())
             tick = min(next_tick, end) if end is not None else next_tick
             if now < tick:
