@@ -210,3 +210,23 @@ async def test_cleaner_uploads_data_that_a_segment_roll_would_make_cleanable(
     assert [v for _o, _k, v in await read_values(rolled.partitions[0])] == [b"7" * 500]
     await engine.close()
     await engine.meta.close()
+
+
+async def test_compact_and_delete_both_apply(tmp_path: Path) -> None:
+    """cleanup.policy=compact,delete: retention drops old data, compaction the superseded."""
+    engine = await engine_at(tmp_path)
+    p = Partition("t", 0, await engine.create_stream())
+    for i, ts in enumerate((1_000, 1_000, 5_000, 5_000)):  # a, b at 1 s; a, b at 5 s
+        await p.append(records.build_batch([(b"ab"[i % 2:i % 2 + 1], b"v%d" % i)],
+                                           timestamp=ts))
+        await engine.upload()
+    both = config(**{"cleanup.policy": "compact,delete", "retention.ms": "3000"})
+    assert await compact_partition(engine, p, both, CleanerState(), now_ms=5_500)
+    assert [(o, v) for o, _k, v in await read_values(p)] == [(2, b"v2"), (3, b"v3")]
+    await p.append(records.build_batch([(b"c", b"v4")], timestamp=9_000))
+    await engine.upload()
+    assert await enforce_retention(p, both, now_ms=8_500) == 4  # 0-1 compacted, 2-3 expired
+    assert p.log_start_offset == 4
+    assert [(o, v) for o, _k, v in await read_values(p)] == [(4, b"v4")]
+    await engine.close()
+    await engine.meta.close()
