@@ -100,7 +100,7 @@ def test_kill9_during_object_and_log_compaction(tmp_path: Path) -> None:
         # the kills landed while the background work ran: in most of the broker's lives
         # objects were merged, the table was compacted and garbage was deleted
         lives = broker.log_path.read_text(errors="replace").split("storage engine:")[1:]
-        for what in ("small objects", "compacted table-0", "now garbage"):
+        for what in ("small objects", "compacted table-0", "garbage objects past"):
             busy = sum(what in life for life in lives)
             assert busy >= len(lives) // 2, f"{what!r} in {busy} of {len(lives)} lives"
 

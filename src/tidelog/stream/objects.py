@@ -186,6 +186,8 @@ class ObjectCatalog:
             self.garbage.pop(oid, None)
             deleted += 1
             log.debug("deleted object %s", g.key)
+        if deleted:
+            log.info("deleted %d garbage objects past their grace period", deleted)
         self.deleted += deleted
         return deleted
 
