@@ -41,6 +41,15 @@ def digest(batches: list[bytes]) -> str:
     return hashlib.sha256(b"".join(batches)).hexdigest()
 
 
+async def ten_uploads(engine: StreamEngine) -> Partition:
+    """A partition whose ten batches went up in ten uploads: ten small objects."""
+    p = Partition("t", 0, await engine.create_stream())
+    for i in range(10):
+        await p.append(batch(i))
+        await engine.upload()
+    return p
+
+
 async def no_dangling_reference(engine: StreamEngine, store: ObjectStore) -> None:
     present = set(await store.list())
     for e in await engine.meta.list(OBJECTS):
@@ -110,10 +119,7 @@ async def test_reader_on_an_old_block_finishes_during_the_grace_period(
         tmp_path: Path, store: ObjectStore) -> None:
     clock = [0.0]
     engine = await start(tmp_path, store, 1, clock, block_cache_bytes=0)
-    p = Partition("t", 0, await engine.create_stream())
-    for i in range(10):
-        await p.append(batch(i))
-        await engine.upload()
+    p = await ten_uploads(engine)
     key, block = engine.index.blocks(p.stream.stream_id)[0]
     await engine.compact()
     assert key not in engine.catalog.objects
@@ -126,10 +132,7 @@ async def test_crash_between_put_and_commit_leaves_no_orphan(
         tmp_path: Path, store: ObjectStore) -> None:
     clock = [0.0]
     engine = await start(tmp_path, store, 1, clock)
-    p = Partition("t", 0, await engine.create_stream())
-    for i in range(10):
-        await p.append(batch(i))
-        await engine.upload()
+    p = await ten_uploads(engine)
 
     def fail(*args: object) -> None:
         raise RuntimeError("crash before the commit")
@@ -158,10 +161,7 @@ async def test_crash_between_delete_and_its_record_finishes_after_restart(
     metadata references was deleted, and every record stays readable."""
     clock = [0.0]
     engine = await start(tmp_path, store, 1, clock)
-    p = Partition("t", 0, await engine.create_stream())
-    for i in range(10):
-        await p.append(batch(i))
-        await engine.upload()
+    p = await ten_uploads(engine)
     before = digest(await read_all(p))
     await engine.compact()
     assert len(engine.catalog.garbage) == 10

@@ -30,6 +30,7 @@ from tidelog.partition.producer_state import (
 )
 from tidelog.partition.topic_config import TopicConfig, resolve
 from tidelog.protocol import records
+from tidelog.protocol.batch_rewrite import record_spans
 from tidelog.protocol.record_reader import read_records, record_timestamps
 from tidelog.stream.engine import BackPressureTimeout
 from tidelog.stream.stream import Stream, StreamError
@@ -112,7 +113,8 @@ def _check_keys(buf: bytes, batches: list[records.BatchInfo]) -> None:
     for info in batches:
         if info.is_control:
             continue
-        for i, (_offset, _ts, key, _value) in enumerate(read_records(buf, info)):
+        _body, spans = record_spans(buf, info)  # keys only: no value is copied
+        for i, (_start, _end, _offset, key, _tombstone) in enumerate(spans):
             if key is None:
                 errors.append((i, "Compacted topic cannot accept message without key."))
     if errors:
