@@ -34,6 +34,8 @@ DEFAULTS: dict[str, str] = {
     "object.compaction.max.input.bytes": str(256 << 20),
     "append.timeout.ms": "30000",
     "auto.create.topics.enable": "true",
+    "allow.everyone.if.no.acl.found": "true",
+    "super.users": "",
     "num.partitions": "1",
     "message.max.bytes": str(8 << 20),
     # topic config defaults under Kafka's broker names (partition/topic_config.py maps them)

@@ -10,6 +10,7 @@ import os
 import signal
 from urllib.parse import urlparse, urlunparse
 
+from tidelog.api.authorizer import Authorizer, parse_super_users
 from tidelog.api.base import BrokerConfig, BrokerInfo, Context
 from tidelog.api.dispatch import Dispatcher
 from tidelog.config import Config, parse_listener
@@ -154,8 +155,12 @@ class Broker:
         )
         info = BrokerInfo(node_id, advertised.host, advertised.port,
                           c.get_str("broker.rack") or None)
+        authorizer = Authorizer(self.meta,
+                                allow_if_no_acl=c.get_bool("allow.everyone.if.no.acl.found"),
+                                super_users=parse_super_users(c.get_str("super.users")))
+        await authorizer.load()
         ctx = Context(info, self.topics, self.coordinator, broker_cfg,
-                      transactions=self.transactions)
+                      transactions=self.transactions, authorizer=authorizer)
         self.dispatcher = Dispatcher(ctx)
         self.request_metrics = RequestMetrics() if metrics_at is not None else None
         self.listener = KafkaListener(self.dispatcher, bind.host, bind.port,

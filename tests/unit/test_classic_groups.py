@@ -217,6 +217,20 @@ async def test_session_expiry_removes_member_and_rebalances() -> None:
     assert a3.generation == 3 and [m[0] for m in a3.members] == [a.member_id]
 
 
+async def test_delete_and_describe_see_an_ended_session_without_waiting_for_a_tick() -> None:
+    """An admin deleting a group right at the session timeout finds it empty, as with
+    Kafka's exact timers (librdkafka's 0081_admin deletes 6 s after closing a static
+    member whose session is 6 s)."""
+    env = Env()
+    a = await (await env.new_member("a"))
+    assert (await (await env.sync(a.member_id, a.generation, {a.member_id: b"A"}))).error is None
+    env.clock.ms += SESSION - 1
+    assert await env.classic.delete("g") == "non_empty_group"
+    env.clock.ms += 1  # no tick: the timer has not run yet
+    assert env.classic.describe("g").state == GroupState.EMPTY.value  # type: ignore[union-attr]
+    assert await env.classic.delete("g") is None
+
+
 async def test_rebalance_timeout_removes_members_that_do_not_rejoin() -> None:
     env = Env()
     a, b = await stable_pair(env)

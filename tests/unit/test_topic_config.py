@@ -107,8 +107,12 @@ def test_broker_values_are_checked_too() -> None:
         resolve({}, {"log.retention.hours": "a week"})
     with pytest.raises(ReadOnlyConfig, match="dynamically"):
         validate_broker({"wal.uri": "file:///x"}, {"wal.uri": "file:///y"})
-    with pytest.raises(InvalidConfig, match="Unknown broker config"):
-        validate_broker({"no.such.key": "1"}, {})
+    # a name the broker lacks is a custom config, as in Kafka (plugins read them)
+    validate_broker({"sasl.kerberos.min.time.before.relogin": "58000"}, {})
+    with pytest.raises(ReadOnlyConfig, match="dynamically"):  # the broker's own setting
+        validate_broker({"wal.uri": "file:///x"}, {"wal.uri": "file:///y", "custom": "1"},
+                        static={"wal.uri"})
+    validate_broker({"custom": "2"}, {"custom": "1"}, static={"wal.uri"})
     with pytest.raises(InvalidConfig, match="log.retention.ms"):
         validate_broker({"log.retention.ms": "-7"}, {})
     validate_broker({"log.retention.ms": "1000", "log.cleanup.policy": "compact"}, {})

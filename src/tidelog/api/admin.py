@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from tidelog.api import broker_configs
+from tidelog.api.acl_model import CLUSTER_NAME, Operation, ResourceType
 from tidelog.api.base import NONE, Api, Context, error, make, response_module
 from tidelog.partition.topic_config import describe_topic
 from tidelog.partition.topics import Topic, TopicError
@@ -32,12 +33,17 @@ async def handle_create_topics(ctx: Context, header: RequestHeader, req: Any) ->
     mod = response_module(CREATE_TOPICS, header.api_version)
     results = []
     seen: set[str] = set()
+    cluster_create = ctx.allowed(header, Operation.CREATE, ResourceType.CLUSTER, CLUSTER_NAME)
     for t in req.topics:
         code, msg, topic_id, nparts, configs = NONE, None, None, t.num_partitions, None
         try:
             if t.name in seen:
                 raise TopicError("invalid_request", f"topic {t.name!r} listed twice")
             seen.add(t.name)
+            if not cluster_create and not ctx.allowed(header, Operation.CREATE,
+                                                      ResourceType.TOPIC, t.name):
+                raise TopicError("topic_authorization_failed",
+                                 f"CREATE on topic {t.name!r} is not allowed")
             if t.assignments:
                 nparts = len(t.assignments)
             elif nparts == -1:
@@ -79,6 +85,9 @@ async def handle_delete_topics(ctx: Context, header: RequestHeader, req: Any) ->
         try:
             if name is None:
                 raise TopicError("unknown_topic_id", f"no topic has id {topic_id}")
+            if not ctx.allowed(header, Operation.DELETE, ResourceType.TOPIC, name):
+                raise TopicError("topic_authorization_failed",
+                                 f"DELETE on topic {name!r} is not allowed")
             deleted = await ctx.topics.delete(name)
             topic_id = deleted.topic_id
         except TopicError as exc:

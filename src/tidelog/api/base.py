@@ -14,6 +14,8 @@ from kio.index import load_payload_module
 from kio.schema.errors import ErrorCode
 from kio.static.constants import EntityType
 
+from tidelog.api.acl_model import Operation, ResourceType
+from tidelog.api.authorizer import ANONYMOUS, Authorizer
 from tidelog.coordinator.coordinator import GroupCoordinator
 from tidelog.coordinator.transactions import TransactionCoordinator
 from tidelog.partition.topics import TopicManager
@@ -45,7 +47,19 @@ class Context:
     coordinator: GroupCoordinator
     config: BrokerConfig = field(default_factory=BrokerConfig)
     transactions: TransactionCoordinator | None = None
+    authorizer: Authorizer = field(default_factory=Authorizer)
     extras: dict[str, Any] = field(default_factory=dict)
+
+    def allowed(self, header: RequestHeader, op: Operation, rtype: ResourceType,
+                name: str) -> bool:
+        """May this request's client do `op` on the resource? Every PLAINTEXT client is
+        User:ANONYMOUS from its own address."""
+        return self.authorizer.authorize(ANONYMOUS, header.client_host, op, rtype, name)
+
+    def operations(self, header: RequestHeader, rtype: ResourceType, name: str) -> int:
+        """The authorized-operations bit field for this request's client."""
+        return self.authorizer.authorized_operations(ANONYMOUS, header.client_host, rtype,
+                                                     name)
 
 
 Handler = Callable[[Context, RequestHeader, Any], Awaitable[Any]]
@@ -93,3 +107,5 @@ def error(name: str) -> ErrorCode:
 
 
 NONE = ErrorCode.none
+NO_OPERATIONS = -2147483648
+"""Authorized operations not asked for (INT32_MIN on the wire)."""

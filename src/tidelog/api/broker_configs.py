@@ -39,6 +39,9 @@ CATALOGUE: dict[str, tuple[ConfigType, str]] = {
                              "REQUEST_TIMED_OUT."),
     "auto.create.topics.enable": (B, "Create a topic on its first Metadata request."),
     "num.partitions": (INT, "Partitions of auto-created topics."),
+    "allow.everyone.if.no.acl.found": (B, "A resource no ACL names is open to every "
+                                          "client; false: only ALLOW bindings grant access."),
+    "super.users": (LST, "Principals the authorizer always allows (User:a;User:b)."),
     "socket.request.max.bytes": (INT, "Largest request frame accepted."),
     "offsets.retention.minutes": (INT, "Committed offsets of an empty group expire after "
                                        "this."),

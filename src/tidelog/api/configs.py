@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from tidelog.api import broker_configs
+from tidelog.api.acl_model import CLUSTER_NAME, Operation, ResourceType
 from tidelog.api.base import NONE, Api, Context, error, make, response_module
 from tidelog.partition.topic_config import (
     KEYS,
@@ -39,6 +40,16 @@ def _topic(ctx: Context, name: str) -> Any:
     return topic
 
 
+def _check(ctx: Context, header: RequestHeader, op: Operation, rtype: int, name: str) -> None:
+    """DESCRIBE_CONFIGS/ALTER_CONFIGS on the topic, or on the cluster for a broker."""
+    if rtype == TOPIC and not ctx.allowed(header, op, ResourceType.TOPIC, name):
+        raise TopicError("topic_authorization_failed", f"{op.name} on topic {name!r} "
+                         "is not allowed")
+    if rtype == BROKER and not ctx.allowed(header, op, ResourceType.CLUSTER, CLUSTER_NAME):
+        raise TopicError("cluster_authorization_failed", f"{op.name} on the cluster "
+                         "is not allowed")
+
+
 def _described(ctx: Context, rtype: int, name: str) -> list[Described]:
     if rtype == TOPIC:
         return describe_topic(_topic(ctx, name).configs, broker_configs.layers(ctx.topics))
@@ -59,6 +70,7 @@ async def handle_describe_configs(ctx: Context, header: RequestHeader, req: Any)
     for r in req.resources:
         code, msg, entries = NONE, None, []
         try:
+            _check(ctx, header, Operation.DESCRIBE_CONFIGS, r.resource_type, r.resource_name)
             wanted = None if r.configuration_keys is None else set(r.configuration_keys)
             for d in _described(ctx, r.resource_type, r.resource_name):
                 if wanted is not None and d.name not in wanted:
@@ -98,7 +110,7 @@ async def _store(ctx: Context, rtype: int, name: str, configs: dict[str, str],
         await ctx.topics.alter_broker_configs(name, configs, validate_only)
 
 
-async def _alter_each(ctx: Context, resources: Any, validate_only: bool,
+async def _alter_each(ctx: Context, header: RequestHeader, resources: Any, validate_only: bool,
                       change: Callable[[int, str, Any], dict[str, str]]) -> list[
                           tuple[Any, Any, str | None]]:
     """(resource, error, message) per resource; a resource named twice is refused."""
@@ -112,6 +124,7 @@ async def _alter_each(ctx: Context, resources: Any, validate_only: bool,
         try:
             if seen[(r.resource_type, r.resource_name)] > 1:
                 raise TopicError("invalid_request", "duplicate resource in the request")
+            _check(ctx, header, Operation.ALTER_CONFIGS, r.resource_type, r.resource_name)
             new = change(r.resource_type, r.resource_name, r.configs)
             await _store(ctx, r.resource_type, r.resource_name, new, validate_only)
         except TopicError as exc:
@@ -129,7 +142,7 @@ async def handle_alter_configs(ctx: Context, header: RequestHeader, req: Any) ->
         _current(ctx, rtype, name)  # the resource must exist
         return {c.name: c.value for c in configs if c.value is not None}
 
-    done = await _alter_each(ctx, req.resources, req.validate_only, replace)
+    done = await _alter_each(ctx, header, req.resources, req.validate_only, replace)
     return make(mod.AlterConfigsResponse, throttle_time=timedelta(0), responses=tuple(
         make(mod.AlterConfigsResourceResponse, error_code=code, error_message=msg,
              resource_type=r.resource_type, resource_name=r.resource_name)
@@ -188,7 +201,7 @@ async def handle_incremental_alter_configs(ctx: Context, header: RequestHeader,
     def apply(rtype: int, name: str, ops: Any) -> dict[str, str]:
         return incremental(rtype, _current(ctx, rtype, name), ops)
 
-    done = await _alter_each(ctx, req.resources, req.validate_only, apply)
+    done = await _alter_each(ctx, header, req.resources, req.validate_only, apply)
     return make(mod.IncrementalAlterConfigsResponse, throttle_time=timedelta(0),
                 responses=tuple(
                     make(mod.AlterConfigsResourceResponse, error_code=code, error_message=msg,

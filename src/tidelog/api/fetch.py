@@ -12,6 +12,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from tidelog.api.acl_model import Operation, ResourceType
 from tidelog.api.base import NONE, Api, Context, Encoded, error
 from tidelog.api.fetch_sessions import (
     FetchSession,
@@ -104,8 +105,12 @@ async def handle_fetch(ctx: Context, header: RequestHeader, req: Any) -> Any:
     min_bytes = max(req.min_bytes, 1)
     max_bytes = req.max_bytes if req.max_bytes > 0 else 0x7FFFFFFF
     committed = getattr(req, "isolation_level", 0) == 1
+    denied: set[str] = set()
+    if not ctx.authorizer.allows_all:
+        denied = {name for name in {k[0] for k in wanted}
+                  if not ctx.allowed(header, Operation.READ, ResourceType.TOPIC, name)}
     while True:
-        results = await _read_all(ctx, wanted, max_bytes, committed)
+        results = await _read_all(ctx, wanted, max_bytes, committed, denied)
         total = sum(r.size for r in results.values())
         has_error = any(r.code != NONE for r in results.values())
         remaining = deadline - time.monotonic()
@@ -164,7 +169,7 @@ class Read:
 
 async def _read_all(
     ctx: Context, wanted: dict[PartitionKey, SessionPartition], max_bytes: int,
-    committed: bool,
+    committed: bool, denied: set[str],
 ) -> dict[PartitionKey, Read]:
     """Read every partition; the response size limit is applied in order.
 
@@ -175,6 +180,9 @@ async def _read_all(
     reads: list[Read] = []
     slow: list[tuple[int, Partition, SessionPartition, int, list[tuple[int, int]] | None]] = []
     for k in keys:
+        if k[0] in denied:
+            reads.append(Read(error("topic_authorization_failed"), -1, -1, -1, []))
+            continue
         p = ctx.topics.partition(*k)
         sp = wanted[k]
         r = _answer_without_data(p, sp, committed)

@@ -14,7 +14,16 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from tidelog.api.base import NONE, Api, Context, error, make, response_module
+from tidelog.api.acl_model import Operation, ResourceType
+from tidelog.api.base import (
+    NO_OPERATIONS,
+    NONE,
+    Api,
+    Context,
+    error,
+    make,
+    response_module,
+)
 from tidelog.coordinator.classic_state import GroupSummary, JoinRequest
 from tidelog.protocol.codec import RequestHeader
 
@@ -22,8 +31,12 @@ log = logging.getLogger(__name__)
 FIND_COORDINATOR, JOIN_GROUP, HEARTBEAT, LEAVE_GROUP, SYNC_GROUP = 10, 11, 12, 13, 14
 DESCRIBE_GROUPS, LIST_GROUPS, DELETE_GROUPS = 15, 16, 42
 KEY_TYPES = {0: "group", 1: "transaction"}
-NO_OPERATIONS = -2147483648
+DENIED = "group_authorization_failed"
 ZERO = timedelta(0)
+
+
+def _may(ctx: Context, header: RequestHeader, op: Operation, group_id: str) -> bool:
+    return ctx.allowed(header, op, ResourceType.GROUP, group_id)
 
 
 def _code(name: str | None) -> Any:
@@ -42,19 +55,39 @@ async def handle_find_coordinator(ctx: Context, header: RequestHeader, req: Any)
     code, msg = NONE, None
     if key_type not in KEY_TYPES:
         code, msg = error("invalid_request"), f"unsupported key type {key_type}"
-    node, host, port = (b.node_id, b.host, b.port) if code == NONE else (-1, "", -1)
+
+    def answer(key: str) -> tuple[Any, str | None, int, str, int]:
+        c, m = code, msg
+        if c == NONE:
+            rtype = ResourceType.GROUP if key_type == 0 else ResourceType.TRANSACTIONAL_ID
+            if not ctx.allowed(header, Operation.DESCRIBE, rtype, key):
+                c = error(DENIED if key_type == 0 else "transactional_id_authorization_failed")
+                m = f"DESCRIBE on {key!r} is not allowed"
+        if c != NONE:
+            return c, m, -1, "", -1
+        return c, m, b.node_id, b.host, b.port
+
     if v >= 4:
-        coordinators = tuple(make(mod.Coordinator, key=key, node_id=node, host=host, port=port,
-                                  error_code=code, error_message=msg)
-                             for key in req.coordinator_keys)
-        return make(mod.FindCoordinatorResponse, throttle_time=ZERO, coordinators=coordinators)
-    return make(mod.FindCoordinatorResponse, throttle_time=ZERO, error_code=code,
-                error_message=msg, node_id=node, host=host, port=port)
+        coordinators = []
+        for key in req.coordinator_keys:
+            c, m, node, host, port = answer(key)
+            coordinators.append(make(mod.Coordinator, key=key, node_id=node, host=host,
+                                     port=port, error_code=c, error_message=m))
+        return make(mod.FindCoordinatorResponse, throttle_time=ZERO,
+                    coordinators=tuple(coordinators))
+    c, m, node, host, port = answer(req.key)
+    return make(mod.FindCoordinatorResponse, throttle_time=ZERO, error_code=c,
+                error_message=m, node_id=node, host=host, port=port)
 
 
 async def handle_join_group(ctx: Context, header: RequestHeader, req: Any) -> Any:
     v = header.api_version
     mod = response_module(JOIN_GROUP, v)
+    if not _may(ctx, header, Operation.READ, req.group_id):
+        return make(mod.JoinGroupResponse, throttle_time=ZERO, error_code=error(DENIED),
+                    generation_id=-1, protocol_type=None,
+                    protocol_name=None if v >= 7 else "", leader="", skip_assignment=False,
+                    member_id=req.member_id, members=())
     session = _ms(req.session_timeout)
     result = await ctx.coordinator.classic.join(JoinRequest(
         group_id=req.group_id, member_id=req.member_id,
@@ -79,6 +112,9 @@ async def handle_join_group(ctx: Context, header: RequestHeader, req: Any) -> An
 
 async def handle_sync_group(ctx: Context, header: RequestHeader, req: Any) -> Any:
     mod = response_module(SYNC_GROUP, header.api_version)
+    if not _may(ctx, header, Operation.READ, req.group_id):
+        return make(mod.SyncGroupResponse, throttle_time=ZERO, error_code=error(DENIED),
+                    protocol_type=None, protocol_name=None, assignment=b"")
     result = await ctx.coordinator.classic.sync(
         req.group_id, req.generation_id, req.member_id,
         getattr(req, "group_instance_id", None), getattr(req, "protocol_type", None),
@@ -91,6 +127,8 @@ async def handle_sync_group(ctx: Context, header: RequestHeader, req: Any) -> An
 
 async def handle_heartbeat(ctx: Context, header: RequestHeader, req: Any) -> Any:
     mod = response_module(HEARTBEAT, header.api_version)
+    if not _may(ctx, header, Operation.READ, req.group_id):
+        return make(mod.HeartbeatResponse, throttle_time=ZERO, error_code=error(DENIED))
     err = ctx.coordinator.classic.heartbeat(req.group_id, req.member_id,
                                             getattr(req, "group_instance_id", None),
                                             req.generation_id)
@@ -100,6 +138,9 @@ async def handle_heartbeat(ctx: Context, header: RequestHeader, req: Any) -> Any
 async def handle_leave_group(ctx: Context, header: RequestHeader, req: Any) -> Any:
     v = header.api_version
     mod = response_module(LEAVE_GROUP, v)
+    if not _may(ctx, header, Operation.READ, req.group_id):
+        return make(mod.LeaveGroupResponse, throttle_time=ZERO, error_code=error(DENIED),
+                    members=())
     if v < 3:
         leaving: list[tuple[str, str | None]] = [(req.member_id, None)]
     else:
@@ -131,12 +172,18 @@ async def handle_list_groups(ctx: Context, header: RequestHeader, req: Any) -> A
         make(mod.ListedGroup, group_id=g, protocol_type=ptype, group_state=state,
              group_type=gtype)
         for g, state, ptype, gtype in _all_groups(ctx)
-        if (not states or state.lower() in states) and (not types or gtype in types))
+        if (not states or state.lower() in states) and (not types or gtype in types)
+        and _may(ctx, header, Operation.DESCRIBE, g))
     return make(mod.ListGroupsResponse, throttle_time=ZERO, error_code=NONE, groups=groups)
 
 
 def _described(mod: Any, version: int, group_id: str, summary: GroupSummary | None,
-               why: str = "not found") -> Any:
+               why: str = "not found", ops: int = NO_OPERATIONS) -> Any:
+    if why == DENIED:
+        return make(mod.DescribedGroup, error_code=error(DENIED),
+                    error_message=f"DESCRIBE on group {group_id} is not allowed",
+                    group_id=group_id, group_state="", protocol_type="", protocol_data="",
+                    members=(), authorized_operations=NO_OPERATIONS)
     if summary is None:
         if version >= 6:  # KIP-1043; older versions describe an unknown group as Dead
             return make(mod.DescribedGroup, error_code=error("group_id_not_found"),
@@ -151,7 +198,7 @@ def _described(mod: Any, version: int, group_id: str, summary: GroupSummary | No
     return make(mod.DescribedGroup, error_code=NONE, error_message=None, group_id=group_id,
                 group_state=summary.state, protocol_type=summary.protocol_type,
                 protocol_data=summary.protocol, members=members,
-                authorized_operations=NO_OPERATIONS)
+                authorized_operations=ops)
 
 
 async def handle_describe_groups(ctx: Context, header: RequestHeader, req: Any) -> Any:
@@ -159,14 +206,20 @@ async def handle_describe_groups(ctx: Context, header: RequestHeader, req: Any) 
     mod = response_module(DESCRIBE_GROUPS, v)
     coord = ctx.coordinator
     out = []
+    with_ops = getattr(req, "include_authorized_operations", False)
     for group_id in req.groups:
+        if not _may(ctx, header, Operation.DESCRIBE, group_id):
+            out.append(_described(mod, v, group_id, None, DENIED))
+            continue
+        ops = (ctx.operations(header, ResourceType.GROUP, group_id) if with_ops
+               else NO_OPERATIONS)
         summary = coord.classic.describe(group_id)
         if coord.consumer.has(group_id):
             out.append(_described(mod, v, group_id, None, "is not a classic group"))
             continue
         if summary is None and group_id in coord.offsets.groups():
             summary = GroupSummary(group_id, "Empty", "", "", ())
-        out.append(_described(mod, v, group_id, summary))
+        out.append(_described(mod, v, group_id, summary, ops=ops))
     return make(mod.DescribeGroupsResponse, throttle_time=ZERO, groups=tuple(out))
 
 
@@ -186,7 +239,8 @@ async def handle_delete_groups(ctx: Context, header: RequestHeader, req: Any) ->
     mod = response_module(DELETE_GROUPS, header.api_version)
     results = []
     for group_id in req.groups_names:
-        err = await _delete_group(ctx, group_id)
+        err = (await _delete_group(ctx, group_id)
+               if _may(ctx, header, Operation.DELETE, group_id) else DENIED)
         if err is not None:
             log.info("DeleteGroups %s: %s", group_id, err)
         results.append(make(mod.DeletableGroupResult, group_id=group_id, error_code=_code(err)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from tidelog.api.acl_model import Operation, ResourceType
 from tidelog.api.base import NONE, Api, Context, error, make, response_module
 from tidelog.protocol.codec import RequestHeader
 
@@ -41,9 +42,11 @@ async def handle_list_offsets(ctx: Context, header: RequestHeader, req: Any) -> 
     topics = []
     for t in req.topics:
         parts = []
+        may = ctx.allowed(header, Operation.DESCRIBE, ResourceType.TOPIC, t.name)
         for p in t.partitions:
-            code, offset, ts = await _lookup(ctx, t.name, p.partition_index, p.timestamp,
-                                           committed)
+            code, offset, ts = (
+                await _lookup(ctx, t.name, p.partition_index, p.timestamp, committed) if may
+                else (error("topic_authorization_failed"), -1, -1))
             part = ctx.topics.partition(t.name, p.partition_index)
             parts.append(make(mod.ListOffsetsPartitionResponse, partition_index=p.partition_index,
                               error_code=code, timestamp=ts, offset=offset,

@@ -5,14 +5,23 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from tidelog.api.base import NONE, Api, Context, error, make, response_module
+from tidelog.api.acl_model import CLUSTER_NAME, Operation, ResourceType
+from tidelog.api.base import (
+    NO_OPERATIONS,
+    NONE,
+    Api,
+    Context,
+    error,
+    make,
+    response_module,
+)
 from tidelog.partition.topics import Topic, TopicError
 from tidelog.protocol.codec import RequestHeader
 
 METADATA, DESCRIBE_CLUSTER = 3, 60
 
 
-def _topic_entry(mod: Any, ctx: Context, topic: Topic) -> Any:
+def _topic_entry(mod: Any, ctx: Context, topic: Topic, ops: int = NO_OPERATIONS) -> Any:
     node = ctx.broker.node_id
     parts = tuple(
         make(mod.MetadataResponsePartition, error_code=NONE, partition_index=p.index,
@@ -22,36 +31,56 @@ def _topic_entry(mod: Any, ctx: Context, topic: Topic) -> Any:
     )
     return make(mod.MetadataResponseTopic, error_code=NONE, name=topic.name,
                 topic_id=topic.topic_id, is_internal=topic.internal, partitions=parts,
-                topic_authorized_operations=-2147483648)
+                topic_authorized_operations=ops)
 
 
 def _error_topic(mod: Any, name: str | None, code: str) -> Any:
     return make(mod.MetadataResponseTopic, error_code=error(code), name=name,
                 topic_id=None, is_internal=False, partitions=(),
-                topic_authorized_operations=-2147483648)
+                topic_authorized_operations=NO_OPERATIONS)
 
 
 async def handle_metadata(ctx: Context, header: RequestHeader, req: Any) -> Any:
+    """Topics the client may not DESCRIBE are left out of an all-topics answer and refused
+    by name; a topic is auto-created only for a client that may CREATE it."""
     mod = response_module(METADATA, header.api_version)
     b = ctx.broker
     brokers = (make(mod.MetadataResponseBroker, node_id=b.node_id, host=b.host, port=b.port,
                     rack=b.rack),)
+    with_ops = getattr(req, "include_topic_authorized_operations", False)
+
+    def entry(topic: Topic) -> Any:
+        ops = (ctx.operations(header, ResourceType.TOPIC, topic.name) if with_ops
+               else NO_OPERATIONS)
+        return _topic_entry(mod, ctx, topic, ops)
+
+    def may(op: Operation, name: str) -> bool:
+        return ctx.allowed(header, op, ResourceType.TOPIC, name)
+
     entries = []
     # v0: an empty list means every topic; v1+: null means every topic.
     wanted = req.topics
     if wanted is None or (header.api_version == 0 and not wanted):
-        entries = [_topic_entry(mod, ctx, t) for t in ctx.topics.topics.values()]
+        entries = [entry(t) for t in ctx.topics.topics.values()
+                   if may(Operation.DESCRIBE, t.name)]
     else:
         allow_create = getattr(req, "allow_auto_topic_creation", True)
         for t in wanted:
             name = t.name
             if name is None:
                 topic = ctx.topics.by_id.get(t.topic_id)
-                entries.append(_topic_entry(mod, ctx, topic) if topic else
-                               _error_topic(mod, None, "unknown_topic_id"))
+                if topic is None or not may(Operation.DESCRIBE, topic.name):
+                    entries.append(_error_topic(mod, None, "unknown_topic_id"))
+                else:
+                    entries.append(entry(topic))
+                continue
+            if not may(Operation.DESCRIBE, name):
+                entries.append(_error_topic(mod, name, "topic_authorization_failed"))
                 continue
             topic = ctx.topics.get(name)
-            if topic is None and allow_create and ctx.config.auto_create_topics:
+            if (topic is None and allow_create and ctx.config.auto_create_topics
+                    and (ctx.allowed(header, Operation.CREATE, ResourceType.CLUSTER,
+                                     CLUSTER_NAME) or may(Operation.CREATE, name))):
                 try:
                     topic = await ctx.topics.create(name, ctx.config.num_partitions)
                 except TopicError as exc:
@@ -59,11 +88,14 @@ async def handle_metadata(ctx: Context, header: RequestHeader, req: Any) -> Any:
                         entries.append(_error_topic(mod, name, exc.code))
                         continue
                     topic = ctx.topics.get(name)
-            entries.append(_topic_entry(mod, ctx, topic) if topic else
+            entries.append(entry(topic) if topic else
                            _error_topic(mod, name, "unknown_topic_or_partition"))
+    cluster_ops = (ctx.operations(header, ResourceType.CLUSTER, CLUSTER_NAME)
+                   if getattr(req, "include_cluster_authorized_operations", False)
+                   else NO_OPERATIONS)
     return make(mod.MetadataResponse, throttle_time=timedelta(0), brokers=brokers,
                 cluster_id=ctx.config.cluster_id, controller_id=b.node_id,
-                topics=tuple(entries), cluster_authorized_operations=-2147483648)
+                topics=tuple(entries), cluster_authorized_operations=cluster_ops)
 
 
 async def handle_describe_cluster(ctx: Context, header: RequestHeader, req: Any) -> Any:
@@ -74,7 +106,9 @@ async def handle_describe_cluster(ctx: Context, header: RequestHeader, req: Any)
                 controller_id=b.node_id,
                 brokers=(make(mod.DescribeClusterBroker, broker_id=b.node_id, host=b.host,
                               port=b.port, rack=b.rack, is_fenced=False),),
-                cluster_authorized_operations=-2147483648)
+                cluster_authorized_operations=(
+                    ctx.operations(header, ResourceType.CLUSTER, CLUSTER_NAME)
+                    if req.include_cluster_authorized_operations else NO_OPERATIONS))
 
 
 APIS = [

@@ -15,6 +15,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from tidelog.api.acl_model import Operation, ResourceType
 from tidelog.api.base import NONE, Api, Context, error, make, response_module
 from tidelog.coordinator.offsets import CommitEntry
 from tidelog.protocol.codec import RequestHeader
@@ -35,11 +36,19 @@ def _code(name: str | None) -> ErrorCode | None:
         return error("unknown_server_error")
 
 
-def _commit_error(ctx: Context, version: int, req: Any) -> ErrorCode | None:
+def _may(ctx: Context, header: RequestHeader, op: Operation, rtype: ResourceType,
+         name: str) -> bool:
+    return ctx.allowed(header, op, rtype, name)
+
+
+def _commit_error(ctx: Context, header: RequestHeader, req: Any) -> ErrorCode | None:
     """The request-level error of an OffsetCommit, None when it may commit."""
     group_id, generation = req.group_id, req.generation_id_or_member_epoch
+    version = header.api_version
     if not group_id:
         return error("invalid_group_id")
+    if not _may(ctx, header, Operation.READ, ResourceType.GROUP, group_id):
+        return error("group_authorization_failed")
     coord = ctx.coordinator
     kind = coord.group_kind(group_id)
     if kind == "classic":
@@ -56,14 +65,17 @@ def _commit_error(ctx: Context, version: int, req: Any) -> ErrorCode | None:
 
 async def handle_offset_commit(ctx: Context, header: RequestHeader, req: Any) -> Any:
     mod = response_module(OFFSET_COMMIT, header.api_version)
-    failed = _commit_error(ctx, header.api_version, req)
+    failed = _commit_error(ctx, header, req)
     codes: list[tuple[str, list[list[Any]]]] = []  # (topic, [[partition, code]])
     entries: list[CommitEntry] = []
     pending: list[list[Any]] = []
     for t in req.topics:
         parts: list[list[Any]] = []
+        topic_failed = failed
+        if failed is None and not _may(ctx, header, Operation.READ, ResourceType.TOPIC, t.name):
+            topic_failed = error("topic_authorization_failed")
         for p in t.partitions:
-            code = failed
+            code = topic_failed
             if code is None:
                 meta = p.committed_metadata
                 if ctx.topics.partition(t.name, p.partition_index) is None:
@@ -97,12 +109,16 @@ async def handle_offset_commit(ctx: Context, header: RequestHeader, req: Any) ->
 Row = tuple[int, int, int, str, ErrorCode]  # partition, offset, leader epoch, metadata, error
 
 
-def _fetch_group(ctx: Context, group_id: str, topics: Iterable[Any] | None,
-                 member_id: str | None, member_epoch: int, require_stable: bool = False
+def _fetch_group(ctx: Context, header: RequestHeader, group_id: str,
+                 topics: Iterable[Any] | None, member_id: str | None, member_epoch: int,
+                 require_stable: bool = False
                  ) -> tuple[ErrorCode, list[tuple[str, list[Row]]]]:
-    """(group error, [(topic, [(partition, offset, leader epoch, metadata, error)])])."""
+    """(group error, [(topic, [(partition, offset, leader epoch, metadata, error)])]).
+    Topics the client may not DESCRIBE are refused by name and left out of "all"."""
     if not group_id:
         return error("invalid_group_id"), []
+    if not _may(ctx, header, Operation.DESCRIBE, ResourceType.GROUP, group_id):
+        return error("group_authorization_failed"), []
     coord = ctx.coordinator
     if coord.group_kind(group_id) == "consumer" and (member_id is not None or member_epoch >= 0):
         # KIP-848 members fetch with their id and epoch (v9): a stale member must rejoin.
@@ -114,7 +130,8 @@ def _fetch_group(ctx: Context, group_id: str, topics: Iterable[Any] | None,
     if topics is None:  # every partition the group has an offset for
         by_topic: dict[str, list[int]] = {}
         for topic, partition in store.partitions(group_id):
-            by_topic.setdefault(topic, []).append(partition)
+            if _may(ctx, header, Operation.DESCRIBE, ResourceType.TOPIC, topic):
+                by_topic.setdefault(topic, []).append(partition)
         wanted = list(by_topic.items())
     else:
         wanted = [(t.name, list(t.partition_indexes)) for t in topics]
@@ -123,6 +140,10 @@ def _fetch_group(ctx: Context, group_id: str, topics: Iterable[Any] | None,
     out = []
     for topic, partitions in wanted:
         rows: list[Row] = []
+        if not _may(ctx, header, Operation.DESCRIBE, ResourceType.TOPIC, topic):
+            out.append((topic, [(i, -1, -1, "", error("topic_authorization_failed"))
+                                for i in partitions]))
+            continue
         for partition in partitions:
             if (topic, partition) in unstable:
                 rows.append((partition, -1, -1, "", error("unstable_offset_commit")))
@@ -140,14 +161,14 @@ async def handle_offset_fetch(ctx: Context, header: RequestHeader, req: Any) -> 
     if version >= 8:
         groups = []
         for g in req.groups:
-            code, found = _fetch_group(ctx, g.group_id, g.topics,
+            code, found = _fetch_group(ctx, header, g.group_id, g.topics,
                                        getattr(g, "member_id", None),
                                        getattr(g, "member_epoch", -1), req.require_stable)
             groups.append(make(mod.OffsetFetchResponseGroup, group_id=g.group_id, error_code=code,
                                topics=_fetch_topics(mod.OffsetFetchResponseTopics,
                                                     mod.OffsetFetchResponsePartitions, found)))
         return make(mod.OffsetFetchResponse, throttle_time=timedelta(0), groups=tuple(groups))
-    code, found = _fetch_group(ctx, req.group_id, req.topics, None, -1,
+    code, found = _fetch_group(ctx, header, req.group_id, req.topics, None, -1,
                                getattr(req, "require_stable", False))
     if code != NONE and version < 2:  # no top-level error yet: every partition carries it
         found = [(t.name, [(i, -1, -1, "", code) for i in t.partition_indexes])
@@ -176,6 +197,8 @@ async def handle_offset_delete(ctx: Context, header: RequestHeader, req: Any) ->
 
     if not group_id:
         return answer(error("invalid_group_id"))
+    if not _may(ctx, header, Operation.DELETE, ResourceType.GROUP, group_id):
+        return answer(error("group_authorization_failed"))
     kind = coord.group_kind(group_id)
     if kind is None and group_id not in coord.offsets.groups():
         return answer(error("group_id_not_found"))

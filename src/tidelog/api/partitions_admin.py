@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from kio.schema.errors import ErrorCode
 
+from tidelog.api.acl_model import Operation, ResourceType
 from tidelog.api.base import NONE, Api, Context, error, make, response_module
 from tidelog.partition.leader_epochs import end_offset_for_epoch
 from tidelog.partition.partition import Partition, PartitionError
@@ -57,6 +58,9 @@ async def handle_create_partitions(ctx: Context, header: RequestHeader, req: Any
         try:
             if names.count(t.name) > 1:
                 raise TopicError("invalid_request", "duplicate topic in request")
+            if not ctx.allowed(header, Operation.ALTER, ResourceType.TOPIC, t.name):
+                raise TopicError("topic_authorization_failed",
+                                 f"ALTER on topic {t.name!r} is not allowed")
             topic = ctx.topics.get(t.name)
             if topic is None:
                 raise TopicError("unknown_topic_or_partition",
@@ -90,9 +94,16 @@ async def _delete(ctx: Context, name: str, index: int, offset: int) -> tuple[Err
         return error(exc.code), -1
 
 
+async def _refused(code: str) -> tuple[ErrorCode, int]:
+    return error(code), -1
+
+
 async def handle_delete_records(ctx: Context, header: RequestHeader, req: Any) -> Any:
     mod = response_module(DELETE_RECORDS, header.api_version)
-    jobs = [(t.name, p.partition_index, _delete(ctx, t.name, p.partition_index, p.offset))
+    jobs = [(t.name, p.partition_index,
+             _delete(ctx, t.name, p.partition_index, p.offset)
+             if ctx.allowed(header, Operation.DELETE, ResourceType.TOPIC, t.name)
+             else _refused("topic_authorization_failed"))
             for t in req.topics for p in t.partitions]
     done = await asyncio.gather(*(j[2] for j in jobs))
     by_topic: dict[str, list[Any]] = {}

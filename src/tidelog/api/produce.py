@@ -13,6 +13,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from tidelog.api.acl_model import Operation, ResourceType
 from tidelog.api.base import NONE, Api, Context, error, make, response_module
 from tidelog.api.traffic import traffic
 from tidelog.partition.partition import Partition, PartitionError
@@ -74,10 +75,19 @@ async def handle_produce(ctx: Context, header: RequestHeader, req: Any) -> Any:
     mod = response_module(PRODUCE, version)
     timeout = max(req.timeout.total_seconds(), 0.001)
     jobs: list[tuple[str, int, Any]] = []
+    txn_id = getattr(req, "transactional_id", None)
+    txn_denied = txn_id is not None and not ctx.allowed(
+        header, Operation.WRITE, ResourceType.TRANSACTIONAL_ID, txn_id)
     for t in req.topic_data:
+        denied = ("transactional_id_authorization_failed" if txn_denied else
+                  None if ctx.allowed(header, Operation.WRITE, ResourceType.TOPIC, t.name)
+                  else "topic_authorization_failed")
         for pd in t.partition_data:
             if req.acks not in (0, 1, -1):
                 jobs.append((t.name, pd.index, _const(error("invalid_required_acks"))))
+                continue
+            if denied:
+                jobs.append((t.name, pd.index, _const(error(denied))))
                 continue
             p = ctx.topics.partition(t.name, pd.index)
             jobs.append((t.name, pd.index, _append(ctx, p, pd.records, timeout)))

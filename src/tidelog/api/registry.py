@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tidelog.api import (
+    acl,
     admin,
     api_versions,
     configs,
@@ -14,6 +15,7 @@ from tidelog.api import (
     offsets,
     partitions_admin,
     produce,
+    scram,
     txn,
 )
 from tidelog.api.base import Api
@@ -31,5 +33,7 @@ ALL: list[Api] = [
     *consumer_groups.APIS,
     *offsets.APIS,
     *txn.APIS,
+    *acl.APIS,
+    *scram.APIS,
 ]
 BY_KEY: dict[int, Api] = {a.key: a for a in ALL}

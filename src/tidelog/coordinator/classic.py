@@ -91,7 +91,10 @@ class ClassicGroups:
 
     def describe(self, group_id: str) -> GroupSummary | None:
         group = self._groups.get(group_id)
-        return None if group is None else group.summary()
+        if group is None:
+            return None
+        self._expire(group, self.coord.now_ms())  # precise, not up to a tick late
+        return group.summary()
 
     def subscribed_topics(self, group_id: str) -> set[str] | None:
         """Topics the members subscribe to (consumer protocol metadata); an empty set for
@@ -354,6 +357,9 @@ class ClassicGroups:
         group = self._groups.get(group_id)
         if group is None:
             return "group_id_not_found"
+        # A member whose session ended is gone now, not at the next tick (Kafka's timers
+        # are exact: an admin deleting a group right after the session timeout succeeds).
+        self._expire(group, self.coord.now_ms())
         if group.state is not EMPTY:
             return "non_empty_group"
         self._forget(group)

@@ -17,7 +17,7 @@ and described but change nothing. `resolve` gives the typed view the broker acts
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -395,23 +395,24 @@ def validate(topic_configs: Mapping[str, str], broker: Mapping[str, str]) -> Top
     return cfg
 
 
-def validate_broker(dynamic: Mapping[str, str], broker: Mapping[str, str]) -> None:
-    """Check dynamic broker configs: only the keys that serve topic defaults may change at
-    run time (Kafka's dynamic log configs); their values must be valid. `broker` is the
-    current configuration: a key in it that may not change is read-only, one nowhere is
-    unknown."""
-    unknown = sorted(k for k in dynamic if k not in SYNONYMS and k not in broker)
-    if unknown:
-        raise InvalidConfig(f"Unknown broker config name: {', '.join(unknown)}")
-    fixed = sorted(k for k in dynamic if k not in SYNONYMS)
+def validate_broker(dynamic: Mapping[str, str], broker: Mapping[str, str],
+                    static: Collection[str] | None = None) -> None:
+    """Check dynamic broker configs: of the broker's own settings (`static`: the names
+    configured at start, default `broker`'s), only the keys that serve topic defaults may
+    change at run time (Kafka's dynamic log configs), with valid values. A name the broker
+    does not have is a custom config, kept and reported as Kafka keeps one (plugins and
+    tools read them); Tidelog itself does not act on it. `broker` is the current
+    configuration the change must stay consistent with."""
+    fixed_names = broker if static is None else static
+    fixed = sorted(k for k in dynamic if k not in SYNONYMS and k in fixed_names)
     if fixed:
         raise ReadOnlyConfig(f"Cannot update these configs dynamically: {fixed}")
     merged = {**broker, **dynamic}
     for name in dynamic:
-        key, _ = SYNONYMS[name]
-        _from_broker(key, {name: merged[name]})
+        if name in SYNONYMS:
+            key, _ = SYNONYMS[name]
+            _from_broker(key, {name: merged[name]})
     validate({}, merged)
-
 
 
 # ---- describing ---------------------------------------------------------------------------

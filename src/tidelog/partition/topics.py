@@ -327,7 +327,7 @@ class TopicManager:
                 if s != scope:
                     other.update(values)
             try:
-                validate_broker(new, other)
+                validate_broker(new, other, self.static_configs)
             except InvalidConfig as exc:
                 code = "invalid_request" if isinstance(exc, ReadOnlyConfig) else "invalid_config"
                 raise TopicError(code, str(exc)) from None
