@@ -274,3 +274,29 @@ def test_scram_credentials_round_trip_and_persist(broker: BrokerProcess,
     with pytest.raises(KafkaException) as not_found:
         gone[user].result(10)
     assert not_found.value.args[0].code() == KafkaError.RESOURCE_NOT_FOUND
+
+
+def test_transactional_ids_and_kip848_groups_are_enforced(broker: BrokerProcess,
+                                                          admin: AdminClient) -> None:
+    create_topics(admin, "txn-topic")
+    create_acls(admin, acl(ResourceType.TRANSACTIONAL_ID, "locked-", AclOperation.WRITE, DENY,
+                           pattern=PRE),
+                acl(ResourceType.GROUP, "locked-", AclOperation.READ, DENY, pattern=PRE))
+    p = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": "locked-tx"})
+    with pytest.raises(KafkaException) as denied:
+        p.init_transactions(10)
+    assert denied.value.args[0].code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+    ok = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": "free-tx"})
+    ok.init_transactions(10)
+    ok.begin_transaction()
+    ok.produce("txn-topic", b"in-txn")
+    ok.commit_transaction(10)
+
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "locked-848",
+                  "group.protocol": "consumer"})
+    c.subscribe(["txn-topic"])
+    try:
+        errors = [m.error() for _ in range(20) if (m := c.poll(0.5)) is not None and m.error()]
+        assert errors and errors[0].code() == KafkaError.GROUP_AUTHORIZATION_FAILED, errors
+    finally:
+        c.close()

@@ -11,7 +11,16 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from tidelog.api.base import NONE, Api, Context, error, make, response_module
+from tidelog.api.acl_model import Operation, ResourceType
+from tidelog.api.base import (
+    NO_OPERATIONS,
+    NONE,
+    Api,
+    Context,
+    error,
+    make,
+    response_module,
+)
 from tidelog.coordinator.consumer import HeartbeatRequest, partitions_of
 from tidelog.coordinator.consumer_state import Partitions
 from tidelog.protocol.codec import RequestHeader
@@ -34,6 +43,9 @@ async def handle_heartbeat(ctx: Context, header: RequestHeader, req: Any) -> Any
                     member_epoch=0, heartbeat_interval=timedelta(0), assignment=None)
 
     coord = ctx.coordinator
+    if not ctx.allowed(header, Operation.READ, ResourceType.GROUP, req.group_id):
+        return fail("group_authorization_failed", f"READ on group {req.group_id} is not "
+                    "allowed")
     if coord.classic.has(req.group_id):
         return fail("group_id_not_found", _not_consumer_group(req.group_id))
     if header.api_version >= 1 and not req.member_id:
@@ -85,6 +97,9 @@ async def handle_describe(ctx: Context, header: RequestHeader, req: Any) -> Any:
         code, message = NONE, None
         if not group_id:
             code, message = error("invalid_group_id"), "Group id can't be empty."
+        elif not ctx.allowed(header, Operation.DESCRIBE, ResourceType.GROUP, group_id):
+            code = error("group_authorization_failed")
+            message = f"DESCRIBE on group {group_id} is not allowed"
         elif ctx.coordinator.classic.has(group_id):
             code, message = error("group_id_not_found"), _not_consumer_group(group_id)
         elif g is None:
@@ -92,7 +107,8 @@ async def handle_describe(ctx: Context, header: RequestHeader, req: Any) -> Any:
         if g is None or code != NONE:
             out.append(make(mod.DescribedGroup, error_code=code, error_message=message,
                             group_id=group_id, group_state="Dead", group_epoch=-1,
-                            assignment_epoch=-1, assignor_name="", members=()))
+                            assignment_epoch=-1, assignor_name="", members=(),
+                            authorized_operations=NO_OPERATIONS))
             continue
         members = tuple(make(
             mod.Member, member_id=m.member_id, instance_id=m.instance_id, rack_id=m.rack_id,
@@ -104,7 +120,9 @@ async def handle_describe(ctx: Context, header: RequestHeader, req: Any) -> Any:
         out.append(make(mod.DescribedGroup, error_code=NONE, error_message=None,
                         group_id=group_id, group_state=g.state, group_epoch=g.epoch,
                         assignment_epoch=g.assignment_epoch, assignor_name=g.assignor,
-                        members=members))
+                        members=members, authorized_operations=(
+                            ctx.operations(header, ResourceType.GROUP, group_id)
+                            if req.include_authorized_operations else NO_OPERATIONS)))
     return make(mod.ConsumerGroupDescribeResponse, throttle_time=timedelta(0),
                 groups=tuple(out))
 

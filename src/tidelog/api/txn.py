@@ -18,6 +18,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from tidelog.api.acl_model import Operation, ResourceType
 from tidelog.api.base import NONE, Api, Context, error, make, response_module
 from tidelog.coordinator.offsets import CommitEntry
 from tidelog.protocol.codec import RequestHeader
@@ -42,6 +43,18 @@ def _code(name: str | None, version: int = 99, fenced_since: int = 0) -> ErrorCo
     return error(name)
 
 
+TXN_DENIED = "transactional_id_authorization_failed"
+
+
+def _may_write_txn(ctx: Context, header: RequestHeader, tid: str | None) -> bool:
+    return tid is None or ctx.allowed(header, Operation.WRITE, ResourceType.TRANSACTIONAL_ID,
+                                      tid)
+
+
+def _may_read_group(ctx: Context, header: RequestHeader, group_id: str) -> bool:
+    return ctx.allowed(header, Operation.READ, ResourceType.GROUP, group_id)
+
+
 def _ms(value: timedelta) -> int:
     return int(value / timedelta(milliseconds=1))
 
@@ -51,7 +64,9 @@ async def handle_init_producer_id(ctx: Context, header: RequestHeader, req: Any)
     mod = response_module(INIT_PRODUCER_ID, v)
     err: str | None = UNAVAILABLE
     pid, epoch = -1, -1
-    if ctx.transactions is not None:
+    if not _may_write_txn(ctx, header, req.transactional_id):
+        err = TXN_DENIED
+    elif ctx.transactions is not None:
         res = await ctx.transactions.init_producer_id(
             req.transactional_id, _ms(req.transaction_timeout),
             getattr(req, "producer_id", -1), getattr(req, "producer_epoch", -1))
@@ -61,15 +76,22 @@ async def handle_init_producer_id(ctx: Context, header: RequestHeader, req: Any)
                 producer_epoch=epoch)
 
 
-async def _add_partitions(ctx: Context, version: int, tid: str, pid: int, epoch: int,
-                          topics: Any, verify_only: bool = False) -> PartitionCodes:
-    """Every requested partition with its code: unknown ones fail, the others then get
-    OPERATION_NOT_ATTEMPTED (Kafka's all-or-nothing)."""
+async def _add_partitions(ctx: Context, header: RequestHeader, tid: str, pid: int,
+                          epoch: int, topics: Any, verify_only: bool = False
+                          ) -> PartitionCodes:
+    """Every requested partition with its code: unknown or unwritable ones fail, the
+    others then get OPERATION_NOT_ATTEMPTED (Kafka's all-or-nothing)."""
+    version = header.api_version
     wanted = [(t.name, list(t.partitions)) for t in topics]
+    if not _may_write_txn(ctx, header, tid):
+        return [(name, [(p, error(TXN_DENIED)) for p in parts]) for name, parts in wanted]
+    denied = {name for name, _ in wanted
+              if not ctx.allowed(header, Operation.WRITE, ResourceType.TOPIC, name)}
     unknown = {(name, p) for name, parts in wanted for p in parts
-               if ctx.topics.partition(name, p) is None}
-    if unknown:
-        return [(name, [(p, error("unknown_topic_or_partition" if (name, p) in unknown
+               if name not in denied and ctx.topics.partition(name, p) is None}
+    if unknown or denied:
+        return [(name, [(p, error("topic_authorization_failed" if name in denied else
+                                  "unknown_topic_or_partition" if (name, p) in unknown
                                   else "operation_not_attempted")) for p in parts])
                 for name, parts in wanted]
     txns = ctx.transactions
@@ -98,14 +120,14 @@ async def handle_add_partitions_to_txn(ctx: Context, header: RequestHeader, req:
                  partition_error_code=c) for p, c in parts)) for name, parts in codes)
 
     if v <= 3:
-        codes = await _add_partitions(ctx, v, req.v3_and_below_transactional_id,
+        codes = await _add_partitions(ctx, header, req.v3_and_below_transactional_id,
                                       req.v3_and_below_producer_id,
                                       req.v3_and_below_producer_epoch, req.v3_and_below_topics)
         return make(mod.AddPartitionsToTxnResponse, throttle_time=ZERO,
                     results_by_topic_v3_and_below=results(codes))
     out = []
     for t in req.transactions:
-        codes = await _add_partitions(ctx, v, t.transactional_id, t.producer_id,
+        codes = await _add_partitions(ctx, header, t.transactional_id, t.producer_id,
                                       t.producer_epoch, t.topics, t.verify_only)
         out.append(make(mod.AddPartitionsToTxnResult, transactional_id=t.transactional_id,
                         topic_results=results(codes)))
@@ -119,6 +141,10 @@ async def handle_add_offsets_to_txn(ctx: Context, header: RequestHeader, req: An
     err: str | None = UNAVAILABLE
     if not req.group_id:
         err = "invalid_group_id"
+    elif not _may_write_txn(ctx, header, req.transactional_id):
+        err = TXN_DENIED
+    elif not _may_read_group(ctx, header, req.group_id):
+        err = "group_authorization_failed"
     elif ctx.transactions is not None:
         err = await ctx.transactions.add_offsets(req.transactional_id, req.producer_id,
                                                  req.producer_epoch, req.group_id)
@@ -130,7 +156,9 @@ async def handle_end_txn(ctx: Context, header: RequestHeader, req: Any) -> Any:
     v = header.api_version
     mod = response_module(END_TXN, v)
     err: str | None = UNAVAILABLE
-    if ctx.transactions is not None:
+    if not _may_write_txn(ctx, header, req.transactional_id):
+        err = TXN_DENIED
+    elif ctx.transactions is not None:
         err = await ctx.transactions.end_txn(req.transactional_id, req.producer_id,
                                              req.producer_epoch, req.committed)
     return make(mod.EndTxnResponse, throttle_time=ZERO, error_code=_code(err, v, fenced_since=2))
@@ -157,6 +185,10 @@ async def handle_txn_offset_commit(ctx: Context, header: RequestHeader, req: Any
     failed: str | None = None
     if not req.group_id:
         failed = "invalid_group_id"
+    elif not _may_write_txn(ctx, header, req.transactional_id):
+        failed = TXN_DENIED
+    elif not _may_read_group(ctx, header, req.group_id):
+        failed = "group_authorization_failed"
     elif ctx.transactions is None:
         failed = UNAVAILABLE
     else:
