@@ -104,12 +104,14 @@ def start_broker(data_dir: Path, settings: dict[str, str]) -> BrokerProcess:
 
 
 def shim_kafka_path(work: Path) -> Path:
-    """A $KAFKA_PATH whose bin/kafka-topics.sh is our Admin-API stand-in (kafka_topics.py)."""
+    """A $KAFKA_PATH whose bin/kafka-topics.sh and bin/kafka-acls.sh are our Admin-API
+    stand-ins (kafka_topics.py, kafka_acls.py)."""
     kpath = work / "kafka"
     (kpath / "bin").mkdir(parents=True, exist_ok=True)
-    script = kpath / "bin" / "kafka-topics.sh"
-    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{HERE / "kafka_topics.py"}" "$@"\n')
-    script.chmod(0o755)
+    for tool, impl in (("kafka-topics.sh", "kafka_topics.py"), ("kafka-acls.sh", "kafka_acls.py")):
+        script = kpath / "bin" / tool
+        script.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{HERE / impl}" "$@"\n')
+        script.chmod(0o755)
     return kpath
 
 
