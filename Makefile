@@ -24,7 +24,7 @@ test: $(STAMP)
 
 # librdkafka's own test suite against a broker (docs/compat.md); builds its runner once
 conformance: $(STAMP)
-	$(PY) scripts/conformance/run.py
+	$(PY) scripts/conformance/run.py --jobs 2
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench scripts
