@@ -428,11 +428,12 @@ def main() -> int:
     try:
         moto.bucket("tidelog-bench")
         moto.bucket("tansu")
-        binary = tansu_binary()
         every = [tidelog_broker("tidelog-file", moto, s3_wal=False),
-                 tidelog_broker("tidelog-s3wal", moto, s3_wal=True),
-                 tansu_broker("tansu-memory", binary, None),
-                 tansu_broker("tansu-s3", binary, moto)]
+                 tidelog_broker("tidelog-s3wal", moto, s3_wal=True)]
+        if not args.brokers or any(b.startswith("tansu") for b in args.brokers):
+            binary = tansu_binary()  # installed only when a tansu row is asked for
+            every += [tansu_broker("tansu-memory", binary, None),
+                      tansu_broker("tansu-s3", binary, moto)]
         brokers = [b for b in every if not args.brokers or b.name in args.brokers]
         results = {}
         for sc in scenarios(args):

@@ -1,5 +1,6 @@
 """`tidelog perf` report maths: histogram buckets and percentiles, merges across processes,
-rates, backlog, phase tagging, the shared send schedule and the sticky partitioner."""
+rates, backlog, phase tagging, the shared send schedule and the sticky partitioner; and the
+workers' hot paths (the latency recorder, a consumer's batch counting)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,21 @@ import json
 import math
 import multiprocessing
 import random
+from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError, Message
 
 from tidelog.tools.perf import chart
-from tidelog.tools.perf.histogram import Histogram, highest, index, lowest, merge
+from tidelog.tools.perf.histogram import (
+    FAST_LIMIT,
+    Histogram,
+    Recorder,
+    highest,
+    index,
+    lowest,
+    merge,
+)
 from tidelog.tools.perf.payloads import (
     StickyPartitioner,
     random_values,
@@ -30,8 +41,15 @@ from tidelog.tools.perf.report import (
     series,
     summary_text,
 )
-from tidelog.tools.perf.shared import phase_of
+from tidelog.tools.perf.shared import SharedState, phase_of
 from tidelog.tools.perf.tally import Tally
+from tidelog.tools.perf.worker import (
+    BUSY_RATE,
+    BUSY_SLEEP_NS,
+    MIN_SLEEP_NS,
+    _Consumer,
+    wake_interval_ns,
+)
 
 CTX = multiprocessing.get_context("spawn")
 
@@ -309,3 +327,102 @@ def test_warmup_ramp_rises_linearly_over_the_first_half_then_holds() -> None:
     assert ramp_rate(130.0, ramp, 1001.0) == 1001.0
     assert ramp_rate(150.0, ramp, 1001.0) == 1001.0  # second half: the full rate
     assert ramp_rate(90.0, ramp, 1001.0) == 1.0
+
+
+def test_sticky_partitioner_span_gives_what_next_gives_record_by_record() -> None:
+    rng = random.Random(5)
+    for _ in range(300):
+        parts, batch = rng.choice([1, 2, 16]), rng.choice([0, 1, 500, 3000, 10**6])
+        linger, size, seed = rng.choice([0, 10, 10**9]), rng.choice([1, 100, 1024]), rng.random()
+        one = StickyPartitioner(parts, batch, linger, rng=random.Random(seed))
+        runs = StickyPartitioner(parts, batch, linger, rng=random.Random(seed))
+        now, want, got = 0, [], []
+        for _ in range(20):  # bursts of records sent at about the same time
+            n = rng.randrange(1, 50)
+            want += [one.next(size, now) for _ in range(n)]
+            left = n
+            while left:
+                part, count = runs.span(size, now, left)
+                assert 1 <= count <= left
+                got += [part] * count
+                left -= count
+            now += rng.choice([1, 5, 20])
+        assert got == want
+
+
+def test_next_due_is_the_due_time_of_the_next_claim() -> None:
+    s = SendSchedule(CTX)
+    s.set_rate(1000, now_ns=0)
+    assert s.next_due() == 0
+    s.claim(now_ns=10_500_000, max_tickets=100)  # tickets 0..10
+    assert s.next_due() == 11_000_000
+    assert s.claim(now_ns=10_500_000, max_tickets=100)[1] == s.due(11) == 11_000_000
+    s.set_rate(10, now_ns=20_000_000)
+    assert s.next_due() == s.due(12) and s.next_due() < 20_000_000  # late tickets stay late
+
+
+def test_recorder_records_what_a_histogram_records() -> None:
+    rng = random.Random(9)
+    values = [rng.randrange(-5, 3000) for _ in range(2000)]
+    values += [int(rng.lognormvariate(9, 1.5)) for _ in range(20_000)]  # some past FAST_LIMIT
+    values += [FAST_LIMIT - 1, FAST_LIMIT, 10**12]
+    h, rec, bulk = Histogram(), Recorder(), Recorder()
+    for v in values:
+        h.record(v)
+        rec.record(v)
+    bulk.record_many(values)
+    now = 10**18
+    since = Recorder()
+    since.record_since(now, [now - v * 1000 - rng.randrange(1000) for v in values])
+    for r in (rec, bulk, since):
+        snap = r.snapshot()
+        assert snap.counts == h.counts and snap.sum == h.sum
+    assert any(v >= FAST_LIMIT for v in values) and any(v < 0 for v in values)
+    # snapshots are independent copies, and merge like histograms
+    first = rec.snapshot()
+    rec.record(7)
+    assert rec.snapshot().minus(first).counts == {7: 1}
+    merged = Histogram()
+    merged.add(first)
+    merged.add(first)
+    assert merged.count == 2 * len(values)
+
+
+def test_senders_wake_less_often_at_high_rates() -> None:
+    assert wake_interval_ns(1e9 / 1000) == MIN_SLEEP_NS == 500_000
+    assert wake_interval_ns(1e9 / 9999) == MIN_SLEEP_NS
+    assert wake_interval_ns(1e9 / BUSY_RATE) == BUSY_SLEEP_NS == 2_000_000
+    assert wake_interval_ns(1e9 / 40_000) == BUSY_SLEEP_NS
+    assert wake_interval_ns(0.0) == MIN_SLEEP_NS  # no claim yet
+
+
+def _consumer(starts: list[int]) -> tuple[Any, SharedState]:
+    """A _Consumer's counting state without a client (its hot path, `_count`, only)."""
+    state = SharedState(CTX)
+    for st in starts:
+        state.begin_phase(st)
+    c = _Consumer.__new__(_Consumer)
+    c.received, c.received_bytes, c.untagged = [0] * 16, 0, 0
+    c.e2e, c.max_st, c.collect_seen, c.seen = Recorder(), 0, True, set()
+    c._error, c._headers = Message.error, Message.headers
+    return c, state
+
+
+def test_consumer_counts_a_batch_by_send_phase_with_one_e2e_sample_per_record() -> None:
+    now = 1_700_000_000_000_000_000
+    starts = [now - 10_000_000_000, now - 5_000_000]  # phase 1 began 5 ms ago
+    c, state = _consumer(starts)
+    sts = [now - 9_000_000, now - 4_000_000, now - 1_500_000, now - 2_000]
+    msgs = [Message(topic="t", partition=i % 3, value=b"v" * 10,
+                    headers=[("st", send_time_header(st))]) for i, st in enumerate(sts)]
+    c._count(msgs, now, *state.phases())  # the fast path: every record the tool's
+    assert c.received[:2] == [1, 3] and c.received_bytes == 40 and c.untagged == 0
+    assert c.max_st == sts[-1] and c.seen == {0, 1, 2}
+    assert sorted(c.e2e.snapshot().counts) == [2, 1500, index(4000), index(9000)]
+    # a batch with an error, a foreign record and `st` not first: record by record
+    odd = [Message(topic="t", value=b"x", headers=[("k", b"1"), ("st", send_time_header(now))]),
+           Message(topic="t", value=b"yy"),
+           Message(topic="t", error=KafkaError(KafkaError._PARTITION_EOF))]
+    c._count(odd, now, *state.phases())
+    assert c.received[:2] == [1, 4] and c.received_bytes == 43 and c.untagged == 1
+    assert c.e2e.snapshot().count == 5

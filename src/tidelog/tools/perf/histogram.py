@@ -9,13 +9,16 @@ hundred entries, and merging histograms from several processes is adding dicts.
 
 Why not the `hdrhistogram` package: it works (same layout, standard encoding), but its
 `record_value` costs about 0.75 us in pure Python against 0.11 us here, and the tool records
-three or more values per message on a machine whose cores the broker needs.
+three or more values per message on a machine whose cores the broker needs. Workers record
+into a `Recorder` (a table lookup and a list item per value, about half of `record`) and
+send `Histogram` snapshots of it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from operator import itemgetter
 
 SUB_BUCKET_BITS = 11  # 2,048 exact values, then 1,024 sub-buckets per power of two
 _EXACT = 1 << SUB_BUCKET_BITS
@@ -75,6 +78,10 @@ class Histogram:
 
     def add(self, other: Histogram) -> None:
         counts = self.counts
+        if not counts:
+            counts.update(other.counts)
+            self.sum += other.sum
+            return
         for idx, n in other.counts.items():
             counts[idx] = counts.get(idx, 0) + n
         self.sum += other.sum
@@ -154,6 +161,88 @@ class Histogram:
         if not isinstance(buckets, Mapping) or not isinstance(total, int):
             raise ValueError("not a sparse histogram")
         return Histogram({int(i): int(n) for i, n in buckets.items()}, total)
+
+
+FAST_LIMIT = 1 << 17
+"""Values (microseconds) below this, 131 ms, are bucketed by a table lookup in `Recorder`."""
+_table: list[int] = []
+
+
+def _bucket_table() -> list[int]:
+    """index(v) for every v below FAST_LIMIT (built once, on first use: 1 MiB, shared int
+    objects), so a recorder finds a bucket with one list lookup."""
+    if not _table:
+        ints = list(range(index(FAST_LIMIT - 1) + 1))
+        _table.extend(ints[index(v)] for v in range(FAST_LIMIT))
+    return _table
+
+
+class Recorder:
+    """Where one thread records latencies, cheaper than `Histogram.record`: values below
+    FAST_LIMIT go to a list of counts indexed by bucket (`table` gives the bucket), the
+    others to `slow` (a dict, as Histogram.counts). Hot loops inline `record`:
+
+        if 0 <= v < FAST_LIMIT: rec.fast[table[v]] += 1
+        else: rec.record_slow(v)
+        rec.sum += v            (negative values count as 0)
+
+    Other threads read it with `snapshot()`, a Histogram."""
+
+    __slots__ = ("fast", "slow", "sum", "table")
+
+    def __init__(self) -> None:
+        self.table = _bucket_table()
+        self.fast = [0] * (self.table[-1] + 1)
+        self.slow: dict[int, int] = {}
+        self.sum = 0
+
+    def record(self, value: int) -> None:
+        if 0 <= value < FAST_LIMIT:
+            self.fast[self.table[value]] += 1
+            self.sum += value
+        else:
+            self.record_slow(value)
+            if value > 0:
+                self.sum += value
+
+    def record_slow(self, value: int) -> None:
+        idx = index(value)
+        self.slow[idx] = self.slow.get(idx, 0) + 1
+
+    def record_many(self, values: Iterable[int]) -> None:
+        fast, table, total = self.fast, self.table, 0
+        for value in values:
+            if 0 <= value < FAST_LIMIT:
+                fast[table[value]] += 1
+                total += value
+            else:
+                self.record_slow(value)
+                if value > 0:
+                    total += value
+        self.sum += total
+
+    def record_since(self, now: int, times: Iterable[int]) -> None:
+        """`record((now - t) // 1000)` for each of `times`: the microseconds from each
+        time (nanoseconds) to `now`, in one loop."""
+        fast, table, total = self.fast, self.table, 0
+        for t in times:
+            value = (now - t) // 1000
+            if 0 <= value < FAST_LIMIT:
+                fast[table[value]] += 1
+                total += value
+            else:
+                self.record_slow(value)
+                if value > 0:
+                    total += value
+        self.sum += total
+
+    def snapshot(self) -> Histogram:
+        """What was recorded so far (list and dict copies are atomic under the GIL)."""
+        fast, slow, total = self.fast.copy(), self.slow.copy(), self.sum
+        counts = dict(filter(itemgetter(1), enumerate(fast)))
+        for idx, n in slow.items():
+            counts[idx] = counts.get(idx, 0) + n
+        return Histogram(counts, total)
 
 
 def merge(histograms: Iterable[Histogram]) -> Histogram:

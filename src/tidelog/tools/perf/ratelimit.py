@@ -65,6 +65,16 @@ class SendSchedule:
         step = 1e9 / rate
         return int(first), int(seg_t0) + round((first - seg_n0) * step), step, n
 
+    def next_due(self) -> int:
+        """When the next unclaimed ticket falls due. Read without the lock (a sender asks
+        on every wake): a rate change at the same moment can give a stale time, which
+        moves one wake, never a ticket (tickets are only handed out by `claim`)."""
+        rate = float(self._floats[_RATE])
+        if rate <= 0:
+            raise RuntimeError("no rate set")
+        seg_t0, seg_n0, first = self._ints[_SEG_T0], self._floats[_SEG_N0], self._ints[_NEXT]
+        return int(seg_t0) + round(float(first - seg_n0) * 1e9 / rate)
+
     def due(self, ticket: int) -> int:
         """When `ticket` falls due under the current rate."""
         with self._lock:

@@ -105,7 +105,7 @@ class PerfRun:
         self.start_mono = time.monotonic()
         self.phases: list[dict[str, Any]] = []
         self.intervals: list[Interval] = []
-        self.whole = Tally()  # every delta of the run
+        self.whole = Tally()  # every delta of the run: counts only (no histograms)
         self.pool: WorkerPool | None = None
         self.topic_list: list[topics.Topic] = []
         self._last: list[Tally] = []
@@ -154,7 +154,7 @@ class PerfRun:
                 finals = self.pool.close()
                 for i, final in enumerate(finals):
                     if isinstance(final, Tally) and i < len(self._last):
-                        self.whole.add(final.minus(self._last[i]))
+                        self.whole.add(final.minus(self._last[i]), histograms=False)
         report = self._report(measured, interrupted)
         self._write(report)
         log.info("run %s: %s", "interrupted" if interrupted else "done", cfg.output or "")
@@ -397,7 +397,7 @@ class PerfRun:
             if before is not None and after is not None:
                 monitored[pid] = 100 * (after - before) / seconds
             self._last_monitored[pid] = after
-        self.whole.add(delta)
+        self.whole.add(delta, histograms=False)
         self._acked_since_reset += delta.acked_total
         self._received_since_reset += delta.received_total
         return Interval(

@@ -13,6 +13,7 @@ from typing import Any
 
 MAX_PHASES = 16
 _COUNT, _PRODUCING, _STOP, _STARTS = 0, 1, 2, 3
+COUNT_SLOT, PRODUCING_SLOT = _COUNT, _PRODUCING  # items of `SharedState.count_view()`
 
 
 class SharedState:
@@ -31,6 +32,12 @@ class SharedState:
 
     def phase_count(self) -> int:
         return int(self._a[_COUNT])
+
+    def count_view(self) -> memoryview:
+        """The shared array as 64-bit integers, for checks made once per record (an item
+        costs a fraction of the method call): item COUNT_SLOT is `phase_count()`, item
+        PRODUCING_SLOT is `producing` (0 or 1)."""
+        return memoryview(self._a).cast("B").cast("q")
 
     def phases(self) -> tuple[int, list[int]]:
         """(index of the current phase, start times of phases 0..current)."""

@@ -34,7 +34,9 @@ class Tally:
     cpu_s: float = 0.0
     max_st: int = 0  # latest send time (epoch ns) of any record received
 
-    def add(self, other: Tally) -> None:
+    def add(self, other: Tally, histograms: bool = True) -> None:
+        """Add `other`'s counts (and, unless `histograms` is False, its histograms: a tally
+        that only counts, like the whole run's, skips merging them)."""
         for mine, theirs in ((self.sent, other.sent), (self.send_errors, other.send_errors),
                              (self.acked, other.acked), (self.failed, other.failed),
                              (self.received, other.received)):
@@ -43,9 +45,10 @@ class Tally:
         self.acked_bytes += other.acked_bytes
         self.received_bytes += other.received_bytes
         self.untagged += other.untagged
-        self.produce.add(other.produce)
-        self.produce_sched.add(other.produce_sched)
-        self.e2e.add(other.e2e)
+        if histograms:
+            self.produce.add(other.produce)
+            self.produce_sched.add(other.produce_sched)
+            self.e2e.add(other.e2e)
         self.cpu_s += other.cpu_s
         self.max_st = max(self.max_st, other.max_st)
 
