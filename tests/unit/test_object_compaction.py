@@ -3,6 +3,7 @@ readable, garbage leaves the store only after the grace period, restarts agree."
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from pathlib import Path
@@ -190,3 +191,40 @@ async def test_crash_between_delete_and_its_record_finishes_after_restart(
     p2 = Partition("t", 0, engine2.streams[p.stream.stream_id])
     assert digest(await read_all(p2)) == before
     await stop(engine2, flush=True)
+
+
+async def test_object_referenced_while_garbage_is_deleted_is_kept(
+        tmp_path: Path, store: ObjectStore) -> None:
+    """Garbage is deleted outside the upload lock, so an upload can commit the object of
+    an intent the deletion round already listed. The round must see that the intent is
+    gone and keep the object (it deleted it, and metadata referenced a missing object)."""
+    clock = [0.0]
+    engine = await start(tmp_path, store, 1, clock)
+    p = await ten_uploads(engine)
+    await engine.compact()  # ten garbage objects
+    await p.append(batch(10))
+    putting, release = asyncio.Event(), asyncio.Event()
+    real_put, real_delete = engine.store.put, engine.store.delete
+
+    async def held_put(key: str, data: object) -> None:
+        putting.set()
+        await release.wait()
+        await real_put(key, data)  # type: ignore[arg-type]
+
+    engine.store.put = held_put  # type: ignore[method-assign]
+    upload = asyncio.create_task(engine.upload())
+    await putting.wait()  # the upload's intent is recorded (at clock 0)
+    engine.store.put = real_put  # type: ignore[method-assign]
+    clock[0] = 11  # every intent and garbage record is past the grace period
+
+    async def delete_while_the_upload_commits(key: str) -> None:
+        if not release.is_set():
+            release.set()
+            await upload
+        await real_delete(key)
+
+    engine.store.delete = delete_while_the_upload_commits  # type: ignore[method-assign]
+    assert await engine.catalog.delete_expired() == 10
+    await no_dangling_reference(engine, store)
+    assert len(await read_all(p)) == 11
+    await stop(engine, flush=True)

@@ -179,7 +179,10 @@ class ObjectCatalog:
         now = self._clock()
         deleted = 0
         for oid, g in sorted(self.garbage.items()):
-            if now - g.since < self.grace or g.key in self._writing:
+            # uploads and compactions commit while this loop awaits DELETEs: an intent
+            # listed above may have become a live object since, so look it up again
+            if (self.garbage.get(oid) is not g or now - g.since < self.grace
+                    or g.key in self._writing):
                 continue
             await self.store.delete(g.key)  # first the bytes, then the record: idempotent
             await self.meta.delete(meta_key(GARBAGE, oid))
