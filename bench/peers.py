@@ -389,7 +389,7 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
                            "-c", "1", "-s", str(ARTICLE_RECORD), "-P", "batch.size=0",
                            "-C", "fetch.max.wait.ms=1000"], [args.article_rate], w, d),
         Scenario("1kb-max", "1 KB records: highest sustained rate (1 topic x 16 partitions, "
-                 "1 group)", ["-t", "1", "-n", "16", "-p", "2", "-g", "1", "-s", "1024"],
+                 "1 group)", ["-t", "1", "-n", "16", "-p", "1", "-g", "1", "-s", "1024"],
                  args.ladder, w, d),
         Scenario("64kb-20mbs", "64 KiB records at 20 MB/s (1 topic x 16 partitions, 1 group)",
                  ["-t", "1", "-n", "16", "-p", "1", "-g", "1", "-s", "65536"],

@@ -41,7 +41,7 @@ from tidelog.tools.perf.report import (
     series,
     summary_text,
 )
-from tidelog.tools.perf.shared import SharedState, phase_of
+from tidelog.tools.perf.shared import SharedState, count_in_phases, phase_of
 from tidelog.tools.perf.tally import Tally
 from tidelog.tools.perf.worker import (
     BUSY_RATE,
@@ -246,6 +246,19 @@ def test_phase_tagging_by_send_time() -> None:
     assert phase_of(50, 2, starts) == 0
     assert read_send_time(send_time_header(1_700_000_000_123_456_789)) == 1_700_000_000_123_456_789
     assert len(send_time_header(1)) == 8 and send_time_header(1) == b"\0" * 7 + b"\1"
+
+
+def test_counting_a_batch_by_phase() -> None:
+    """Sends, acknowledgements and receipts are counted per batch: all in the current
+    phase at once, or record by record when the batch straddles a phase start."""
+    starts = [100, 200, 300]
+    counts = [0] * 4
+    count_in_phases(counts, [300, 350, 301], 2, starts)
+    assert counts == [0, 0, 3, 0]
+    count_in_phases(counts, [150, 299, 300, 50], 2, starts)
+    assert counts == [2, 1, 4, 0]
+    count_in_phases(counts, [199, 200], 1, starts[:2])  # phase 2 not begun for this reader
+    assert counts == [3, 2, 4, 0]
 
 
 def test_send_schedule_is_uniform_and_keeps_its_count_across_rate_changes() -> None:

@@ -70,3 +70,14 @@ def phase_of(send_ns: int, current: int, starts: list[int]) -> int:
     while p > 0 and send_ns < starts[p]:
         p -= 1
     return p
+
+
+def count_in_phases(counts: list[int], send_times: list[int], current: int,
+                    starts: list[int]) -> None:
+    """Add each of `send_times` (non-empty) to `counts` at its phase: all at once when the
+    earliest is in the current phase (nearly always), else one by one."""
+    if min(send_times) >= starts[current]:
+        counts[current] += len(send_times)
+    else:
+        for t in send_times:
+            counts[phase_of(t, current, starts)] += 1

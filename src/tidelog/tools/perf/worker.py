@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import collections
 import functools
+import gc
+import itertools
 import logging
 import operator
 import os
@@ -29,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from tidelog.tools.perf.histogram import FAST_LIMIT, Recorder
+from tidelog.tools.perf.histogram import Recorder
 from tidelog.tools.perf.payloads import (
     SEND_TIME_HEADER,
     StickyPartitioner,
@@ -46,6 +48,7 @@ from tidelog.tools.perf.shared import (
     MAX_PHASES,
     PRODUCING_SLOT,
     SharedState,
+    count_in_phases,
     phase_of,
 )
 from tidelog.tools.perf.tally import Tally
@@ -56,9 +59,11 @@ MIN_SLEEP_NS = 500_000
 BUSY_SLEEP_NS = 2_000_000
 BUSY_RATE = 10_000
 IDLE_POLL_S = 0.01
+GC_YOUNG_THRESHOLD = 50_000
 _ST_FROM = functools.partial(int.from_bytes, byteorder="big", signed=True)
 _LITTLE_ENDIAN = sys.byteorder == "little"
 _FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
+_THIRD, _FOURTH = operator.itemgetter(2), operator.itemgetter(3)
 _ST_KEY, _ST_LEN = {SEND_TIME_HEADER}, {8}
 
 
@@ -94,9 +99,11 @@ class _Producer:
     """One librdkafka producer on one thread that both sends and serves delivery reports.
 
     The thread claims due tickets and sends them; between sends it waits in poll(), which
-    returns as soon as a delivery report arrives, so an acknowledgement is timed when it
-    arrives (as a poller thread would) without a second thread: no hand-off of the GIL per
-    report, and one wake serves both jobs."""
+    returns as soon as a delivery report arrives, so acknowledgements are timed when they
+    arrive (as a poller thread would) without a second thread: no hand-off of the GIL per
+    report, and one wake serves both jobs. A report's callback only files the record's
+    times; after each poll() the filed records are counted and timed together
+    (`_settle`): the reports one poll() serves arrived together, in one produce response."""
 
     def __init__(self, spec: ProducerSpec, settings: dict[str, str], values: list[bytes],
                  keys: list[bytes], batch_bytes: int, linger_ms: int, schedule: SendSchedule,
@@ -123,6 +130,8 @@ class _Producer:
         self.probe_failed = 0
         self.errors_logged = 0
         self.closing = False
+        # records acknowledged since the last `_settle`: (st, sent, due[, size]) each
+        self._acks: list[tuple[int, ...]] = []
         self._delivered = self._delivery_callback()
         self.thread = threading.Thread(target=self._loop, name=f"produce-{spec.topic}",
                                        daemon=True)
@@ -131,19 +140,18 @@ class _Producer:
     def _loop(self) -> None:
         """Until closed: while producing, claim due tickets and send one record per ticket;
         otherwise serve delivery reports (while any are outstanding) or wait for producing
-        to start. Per record only what the measurement needs is done (clock readings, the
-        `st` header, one callback object carrying the times); the partition (sticky, so
-        the same for a run of records), the phase and the epoch offset of the monotonic
-        clock are worked out once per run of records or per claim."""
-        rng = random.Random()
-        rand, randbits = rng.random, rng.getrandbits
+        to start. Per record only what the measurement needs is done: a clock reading, the
+        `st` header, and a callback carrying the record's times (st, actual and scheduled
+        send). Whether producing goes on and the phase sends are counted in are read once
+        per claim (a claim is at most MAX_TICKETS_PER_CLAIM records, sent in about a
+        millisecond); the partition once per run of records (sticky)."""
         state, schedule, view = self.state, self.schedule, self._view
-        produce, poll = self.producer.produce, self.producer.poll
+        produce, poll = self.producer.produce, self._poll
         delivered, partial, topic = self._delivered, functools.partial, self.spec.topic
-        values, keys, sent = self.values, self.keys, self.sent
-        nvalues, nkeys = len(values), len(keys)
-        value = values[0]
-        key_bits = nkeys.bit_length() - 1 if nkeys & (nkeys - 1) == 0 else 0
+        values, keys = self.values, self.keys
+        # values and keys in a random order, cycled: one C call per record picks each
+        next_value = itertools.cycle(random.sample(values, len(values))).__next__
+        next_key = itertools.cycle(random.sample(keys, len(keys))).__next__
         size = self._value_size
         partitioner = self.partitioner
         mono, pack, header = time.monotonic_ns, pack_send_time, SEND_TIME_HEADER
@@ -166,21 +174,15 @@ class _Producer:
             if first_due > now:  # another sender took the due ones: wait for this one
                 self._wait(first_due, 0, ticket)
                 first_due = schedule.due(ticket)
+            if not view[PRODUCING_SLOT]:
+                continue
             nphases = view[COUNT_SLOT]
-            current = nphases - 1
             epoch = time.time_ns() - mono()  # st = monotonic send time + epoch
-            part = left = done = 0
+            sts: list[int] = []
+            add_st = sts.append
+            part = left = 0
             for k in range(n):
-                if not view[PRODUCING_SLOT]:
-                    break
-                if view[COUNT_SLOT] != nphases:  # a phase began: count sends in it
-                    sent[current] += done
-                    done = 0
-                    nphases = view[COUNT_SLOT]
-                    current = nphases - 1
-                if nvalues > 1:
-                    value = values[int(rand() * nvalues)]
-                key = keys[randbits(key_bits)] if key_bits else keys[int(rand() * nkeys)]
+                value = next_value()
                 now = mono()
                 if left == 0:
                     if size:
@@ -189,34 +191,68 @@ class _Producer:
                         part, left = partitioner.next(len(value), now), 1
                 left -= 1
                 st = now + epoch
-                due = first_due + int(k * step)
+                rec = (st, now, first_due + int(k * step)) if size else (
+                    st, now, first_due + int(k * step), len(value))
                 try:
-                    produce(topic, value, key, part, partial(delivered, st, now, due), None, 0,
+                    produce(topic, value, next_key(), part, partial(delivered, rec), None, 0,
                             [(header, pack(st))])
-                    done += 1
+                    add_st(st)
                 except BufferError:  # local queue full
-                    if self._send_when_room(topic, value, key, part, epoch, due):
-                        done += 1
+                    if self._send_when_room(topic, value, next_key(), part, epoch, rec[2]):
+                        add_st(st)  # the st of the first try: close enough for the phase
                     elif not view[PRODUCING_SLOT]:
                         break
                 except Exception as exc:  # counted and reported, never fatal
-                    self.send_errors[current] += 1
+                    self.send_errors[view[COUNT_SLOT] - 1] += 1
                     self._log_error(exc)
-            sent[current] += done
+            self._count_sent(sts, nphases)
+        self._settle()
+
+    def _count_sent(self, sts: list[int], nphases: int) -> None:
+        """Count a claim's sends (their `st`s, in order) in the phase each was sent in: the
+        one current when the claim began, unless another began meanwhile."""
+        if not sts:
+            return
+        if self._view[COUNT_SLOT] == nphases:
+            self.sent[nphases - 1] += len(sts)
+            return
+        count_in_phases(self.sent, sts, *self.state.phases())
+
+    def _poll(self, timeout: float) -> None:
+        """poll(): serve delivery reports (waiting up to `timeout` for the first), then
+        count and time the acknowledged ones."""
+        self.producer.poll(timeout)
+        if self._acks:
+            self._settle()
+
+    def _settle(self) -> None:
+        """Count and time the records acknowledged since the last call, all at once: they
+        arrived in the poll() that just returned, so one clock reading times them all."""
+        now = time.monotonic_ns()
+        if not self._acks:
+            return
+        acks = self._acks.copy()  # the callback holds this list's append: clear, not swap
+        self._acks.clear()
+        count_in_phases(self.acked, list(map(_FIRST, acks)), *self.state.phases())
+        if not self._value_size:
+            self.acked_bytes += sum(map(_FOURTH, acks))
+        self.actual.record_since(now, map(_SECOND, acks))
+        self.scheduled.record_since(now, map(_THIRD, acks))
 
     def _send_when_room(self, topic: str, value: bytes, key: bytes, part: int, epoch: int,
                         due: int) -> bool:
         """Retry a send the local queue refused until it fits, serving delivery reports
         meanwhile (they free the queue); False if producing stopped first."""
         while True:
-            self.producer.poll(0.001)
+            self._poll(0.001)
             if not self.state.producing:
                 return False
             sent = time.monotonic_ns()
             st = sent + epoch
+            rec = (st, sent, due) if self._value_size else (st, sent, due, len(value))
             try:
                 self.producer.produce(topic, value, key, part,
-                                      functools.partial(self._delivered, st, sent, due),
+                                      functools.partial(self._delivered, rec),
                                       None, 0, [(SEND_TIME_HEADER, pack_send_time(st))])
                 return True
             except BufferError:
@@ -232,7 +268,7 @@ class _Producer:
         the latency from the scheduled time shows). Waits in slices of at most 20 ms and
         follows rate changes, so a ticket of the warm-up's 1 msg/s does not hold its
         sender for a second."""
-        poll, mono, view = self.producer.poll, time.monotonic_ns, self._view
+        poll, mono, view = self._poll, time.monotonic_ns, self._view
         wait = max(due - mono(), least)
         while wait > 0 and view[PRODUCING_SLOT]:
             if wait >= 1_000_000:
@@ -246,48 +282,20 @@ class _Producer:
                        else self.schedule.due(ticket))
             wait = due - mono()
 
-    def _delivery_callback(self) -> Callable[[int, int, int, Any, Any], None]:
+    def _delivery_callback(self) -> Callable[[tuple[int, ...], Any, Any], None]:
         """The delivery report callback, called through a `functools.partial` holding the
-        record's `st` (epoch send time), `sent` and `due` (monotonic times of the actual
-        and the scheduled send). Tagged with the phase of `st` here, not at send time: by
-        now the coordinator has surely written a phase start that `st` follows. A closure
-        over locals, with the histograms' `record` inlined: this runs once per record."""
-        view, state, acked, failed = self._view, self.state, self.acked, self.failed
-        actual, scheduled = self.actual, self.scheduled
-        actual_fast, scheduled_fast, table = actual.fast, scheduled.fast, actual.table
-        mono = time.monotonic_ns
-        count_bytes = self._value_size == 0
-        current, starts = state.phases()
-        nphases = current + 1
-        current_start = starts[current]
+        record's (st, sent, due[, size]): `st` its epoch send time, `sent` and `due` the
+        monotonic times of its actual and scheduled send. It only files acknowledged
+        records for `_settle`; a failure is counted here, in the phase of `st`."""
+        add = self._acks.append
 
-        def delivered(st: int, sent: int, due: int, err: Any, msg: Any) -> None:
-            nonlocal current, starts, nphases, current_start
-            now = mono()
-            if view[COUNT_SLOT] != nphases:
-                current, starts = state.phases()
-                nphases = current + 1
-                current_start = starts[current]
-            phase = current if st >= current_start else phase_of(st, current, starts)
-            if err is not None:
-                failed[phase] += 1
+        def delivered(rec: tuple[int, ...], err: Any, _msg: Any) -> None:
+            if err is None:
+                add(rec)
+            else:
+                current, starts = self.state.phases()
+                self.failed[phase_of(rec[0], current, starts)] += 1
                 self._log_error(err)
-                return
-            acked[phase] += 1
-            if count_bytes:
-                self.acked_bytes += len(msg)
-            value = (now - sent) // 1000  # Recorder.record, inlined (never negative)
-            if value < FAST_LIMIT:
-                actual_fast[table[value]] += 1
-            else:
-                actual.record_slow(value)
-            actual.sum += value
-            value = (now - due) // 1000
-            if 0 <= value < FAST_LIMIT:
-                scheduled_fast[table[value]] += 1
-                scheduled.sum += value
-            else:
-                scheduled.record(value)
 
         return delivered
 
@@ -480,12 +488,7 @@ class _Consumer:
         if _LITTLE_ENDIAN:
             decoded.byteswap()
         sts = decoded.tolist()
-        if min(sts) >= starts[current]:
-            self.received[current] += len(sts)
-        else:
-            received = self.received
-            for st in sts:
-                received[phase_of(st, current, starts)] += 1
+        count_in_phases(self.received, sts, current, starts)
         self.max_st = max(self.max_st, max(sts))
         self.e2e.record_since(now, sts)
 
@@ -657,6 +660,12 @@ def main(spec: WorkerSpec, conn: Any, schedule: SendSchedule, bucket: TokenBucke
     except Exception as exc:  # sent to the coordinator
         conn.send(("error", f"worker {spec.index} cannot start: {exc}"))
         return
+    # Every record allocates objects the cyclic GC tracks (librdkafka's Message, the
+    # delivery callback's partial), hundreds alive at once in a consumed batch: at
+    # Python's default threshold (700) the GC ran every batch or two and took an eighth
+    # of a consumer thread's CPU. They are freed by reference counting, so collect rarely.
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD)
     conn.send(("ok", None))
     while True:
         try:
