@@ -47,7 +47,7 @@ while True:
         out(msgs=[(m.partition(), m.offset(), int(m.value())) for m in msgs])
         try:
             done = c.commit(asynchronous=False)
-            out(committed=[(tp.partition, tp.offset) for tp in done])
+            out(committed=[(tp.partition, tp.offset) for tp in done if tp.error is None])
         except KafkaException as exc:
             out(commit_error=str(exc))
 """
@@ -85,7 +85,11 @@ class Local(Member):
         self.record([(m.partition(), m.offset(), int(m.value())) for m in msgs])
         try:
             for tp in self.consumer.commit(asynchronous=False) or ():
-                self.committed[tp.partition] = tp.offset
+                if tp.error is None:
+                    self.committed[tp.partition] = tp.offset
+                else:  # refused for this partition alone (a rebalance began)
+                    self.commit_refused.update(int(m.value()) for m in msgs
+                                               if m.partition() == tp.partition)
         except KafkaException:  # a rebalance: the next owner consumes these again
             self.commit_refused.update(int(m.value()) for m in msgs)
 
