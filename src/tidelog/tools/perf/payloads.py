@@ -4,7 +4,8 @@ As the original: values are `--record-size` bytes whose first `--random-ratio` p
 (a pool of `--random-pool-size` of them) and the rest zeros; keys are drawn from 16,384
 random 10-character strings but do not choose the partition (the original sets
 `partitioner.ignore.keys=true`): a producer sticks to a random partition for a batch, then
-moves on (see `StickyPartitioner`).
+moves on (see `StickyPartitioner`). The original draws a random value and key per record;
+our producers cycle through both in a shuffled order (the same mix, one C call a record).
 """
 
 from __future__ import annotations
