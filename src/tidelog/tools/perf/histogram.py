@@ -180,13 +180,9 @@ def _bucket_table() -> list[int]:
 class Recorder:
     """Where one thread records latencies, cheaper than `Histogram.record`: values below
     FAST_LIMIT go to a list of counts indexed by bucket (`table` gives the bucket), the
-    others to `slow` (a dict, as Histogram.counts). Hot loops inline `record`:
-
-        if 0 <= v < FAST_LIMIT: rec.fast[table[v]] += 1
-        else: rec.record_slow(v)
-        rec.sum += v            (negative values count as 0)
-
-    Other threads read it with `snapshot()`, a Histogram."""
+    others to `slow` (a dict, as Histogram.counts); negative values count as 0. Hot paths
+    record a batch at a time with `record_since`. Other threads read it with `snapshot()`,
+    a Histogram."""
 
     __slots__ = ("fast", "slow", "sum", "table")
 

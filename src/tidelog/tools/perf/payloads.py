@@ -74,19 +74,13 @@ class StickyPartitioner:
         self.since = 0
 
     def next(self, size: int, now_ns: int) -> int:
-        if self.filled > 0 and (self.filled >= self.batch_size
-                                or now_ns - self.since >= self.linger_ns):
-            self._switch()
-        if self.filled == 0:
-            self.since = now_ns
-        part = self.current
-        self.filled += size
-        return part
+        """The partition of one record of `size` bytes sent at `now_ns`."""
+        return self.span(size, now_ns, 1)[0]
 
     def span(self, size: int, now_ns: int, limit: int) -> tuple[int, int]:
         """The partition of the next records of `size` bytes sent at about `now_ns`, and how
-        many of them (1 to `limit`) go there: what as many `next(size, now_ns)` calls give,
-        in one call (a sender asks once per run of records, not once per record)."""
+        many of them (1 to `limit`) go there, the same as that many one-record calls would
+        give (a sender asks once per run of records, not once per record)."""
         if self.filled > 0 and (self.filled >= self.batch_size
                                 or now_ns - self.since >= self.linger_ns):
             self._switch()

@@ -34,7 +34,7 @@ class SharedState:
         return int(self._a[_COUNT])
 
     def count_view(self) -> memoryview:
-        """The shared array as 64-bit integers, for checks made once per record (an item
+        """The shared array as 64-bit integers, for checks in the senders' loops (an item
         costs a fraction of the method call): item COUNT_SLOT is `phase_count()`, item
         PRODUCING_SLOT is `producing` (0 or 1)."""
         return memoryview(self._a).cast("B").cast("q")

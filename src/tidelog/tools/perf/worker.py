@@ -193,14 +193,14 @@ class _Producer:
                         part, left = partitioner.next(len(value), now), 1
                 left -= 1
                 st = now + epoch
-                rec = (st, now, first_due + int(k * step)) if size else (
-                    st, now, first_due + int(k * step), len(value))
+                due = first_due + int(k * step)
+                rec = (st, now, due) if size else (st, now, due, len(value))
                 try:
                     produce(topic, value, next_key(), part, partial(delivered, rec), None, 0,
                             [(header, pack(st))])
                     add_st(st)
                 except BufferError:  # local queue full
-                    if self._send_when_room(topic, value, next_key(), part, epoch, rec[2]):
+                    if self._send_when_room(topic, value, next_key(), part, epoch, due):
                         add_st(st)  # the st of the first try: close enough for the phase
                     elif not view[PRODUCING_SLOT]:
                         break
@@ -230,9 +230,9 @@ class _Producer:
     def _settle(self) -> None:
         """Count and time the records acknowledged since the last call, all at once: they
         arrived in the poll() that just returned, so one clock reading times them all."""
-        now = time.monotonic_ns()
         if not self._acks:
             return
+        now = time.monotonic_ns()
         acks = self._acks.copy()  # the callback holds this list's append: clear, not swap
         self._acks.clear()
         count_in_phases(self.acked, list(map(_FIRST, acks)), *self.state.phases())
@@ -642,10 +642,11 @@ class Worker:
 
 def _keep_freed_memory() -> None:
     """Have glibc's malloc keep freed memory for reuse instead of returning it at once.
-    librdkafka mallocs a copy of every record and frees it at its delivery report; with
-    glibc's defaults a producer thread's arena grew and shrank with the records in flight
-    (mprotect, madvise and page faults), a fifth of the thread's CPU at 40,000 msg/s of
-    1 KB in a profile. No-op where the C library is not glibc."""
+    librdkafka mallocs a copy of every record and frees it at its delivery report: in a
+    py-spy profile at 40,000 msg/s of 1 KB, malloc was a fifth of the producer thread's
+    samples, with mprotect (a thread arena's heap growing again after a trim) among them.
+    Its effect on the tool's total CPU was within the bench's noise. No-op where the C
+    library is not glibc."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
