@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import pytest
+
+if TYPE_CHECKING:
+    from tidelog.tools.local_postgres import LocalPostgres
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +53,31 @@ def moto_s3() -> Iterator[dict[str, Any]]:
         }
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
+    """A real PostgreSQL server (local cluster in a fresh temp directory) for the session.
+
+    Its `dsn` reaches the `tidelog` database as the `tidelog` user over TCP on 127.0.0.1.
+    Shared by the session: tests that need isolation take `pg_database` instead.
+    """
+    from tidelog.tools.local_postgres import start, stop
+
+    data_dir = tmp_path_factory.mktemp("postgres")
+    try:
+        yield start(data_dir)
+    finally:
+        stop(data_dir)  # also when start failed half-way: the server may be up
+
+
+@pytest.fixture
+def pg_database(postgres: LocalPostgres) -> Iterator[str]:
+    """The dsn of a fresh, empty database of `postgres`, owned by its user, dropped afterwards
+    (forcefully: a test that leaks a connection must not break the next one)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    dsn = postgres.create_database(name)
+    try:
+        yield dsn
+    finally:
+        postgres.drop_database(name)

@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvloop
 
+    from tidelog.metadata.base import MetadataError
     from tidelog.server import serve
 
     try:
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # e.g. the port is taken, the data directory is not writable
         logging.getLogger("tidelog").error("cannot start: %s", exc)
         return 1
+    except MetadataError as exc:  # metadata.uri unreachable, refused, or a newer schema
+        logging.getLogger("tidelog").error("cannot start: %s", exc)
+        return 2
     except ValueError as exc:  # a setting the broker only checks when it applies it
         logging.getLogger("tidelog").error("cannot start: invalid configuration: %s", exc)
         return 2

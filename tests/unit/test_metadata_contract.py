@@ -1,7 +1,9 @@
 """Conformance suite for `MetadataStore`: every backend must pass the same tests.
 
 A backend plugs in through `Backend` (open the same store again, make lease time pass);
-add it to `BACKENDS`. Embedded-only behaviour (URIs, file locking, kill -9) is at the end.
+add it to `BACKENDS`. Embedded-only behaviour (URIs, file locking, kill -9) is at the end;
+PostgreSQL-only behaviour (the database clock, reconnects, bad URIs) is in
+`test_metadata_postgres.py`.
 """
 
 from __future__ import annotations
@@ -16,8 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from tidelog.metadata.base import Fenced, MetadataError, MetadataStore, Txn, WatchEvent
+from tidelog.metadata.base import (
+    MAX_TXN_OPS,
+    Fenced,
+    MetadataError,
+    MetadataStore,
+    Txn,
+    WatchEvent,
+)
 from tidelog.metadata.embedded import EmbeddedMetadataStore
+from tidelog.metadata.postgres import PostgresMetadataStore
 from tidelog.metadata.uri import open_metadata
 
 TTL = 2.0
@@ -31,10 +41,20 @@ class FakeClock:
         return self.now
 
 
+class Skew:
+    """Seconds added to PostgreSQL's clock: lease time passes without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class Backend:
     """How the suite drives one implementation: open stores on the same data, pass time."""
 
-    def __init__(self, factory: Callable[[], MetadataStore], clock: FakeClock) -> None:
+    def __init__(self, factory: Callable[[], MetadataStore], clock: FakeClock | Skew) -> None:
         self._factory = factory
         self._clock = clock
         self._open: list[MetadataStore] = []
@@ -49,7 +69,7 @@ class Backend:
         return self.open()
 
     async def advance(self, seconds: float) -> None:
-        """Make `seconds` of lease time pass (a fake clock here; a real sleep for etcd)."""
+        """Make `seconds` of lease time pass (a fake clock, or a skew of the database's)."""
         self._clock.now += seconds
 
     async def close_all(self) -> None:
@@ -63,12 +83,21 @@ def embedded(tmp_path: Path) -> Backend:
     return Backend(lambda: EmbeddedMetadataStore(path, clock, sweep_interval=0.01), clock)
 
 
-BACKENDS: dict[str, Callable[[Path], Backend]] = {"embedded": embedded}
+def postgresql(dsn: str) -> Backend:
+    skew = Skew()
+    return Backend(lambda: PostgresMetadataStore(dsn, clock_skew=skew, sweep_interval=0.01,
+                                                 poll_interval=0.5), skew)
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+BACKENDS = ["embedded", "postgresql"]
+
+
+@pytest.fixture(params=BACKENDS)
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    b = BACKENDS[request.param](tmp_path)
+    if request.param == "embedded":
+        b = embedded(tmp_path)
+    else:
+        b = postgresql(request.getfixturevalue("pg_database"))
     yield b
     await b.close_all()
 
@@ -359,6 +388,74 @@ async def test_data_survives_reopen(backend: Backend, store: MetadataStore) -> N
     assert await store.put_if("a", b"3", va) > vb  # the revision keeps increasing
 
 
+# -- cluster-mode additions: listing revisions, paging, named fences, limits, id blocks ---
+
+
+async def test_watch_from_a_listing_misses_nothing(store: MetadataStore) -> None:
+    await store.put("t/a", b"1")
+    listing = await store.list("t/")
+    assert [e.key for e in listing] == ["t/a"] and listing.revision >= listing[0].version
+    v2 = await store.put("t/b", b"2")  # written after the read, before the watch
+    await store.put("u/x", b"other prefix")
+    events = store.watch("t/", from_revision=listing.revision)
+    v3 = await store.put("t/c", b"3")
+    got = await take(events, 2)
+    assert [(e.key, e.version, e.resync) for e in got] == [("t/b", v2, False), ("t/c", v3, False)]
+
+
+async def test_list_pages(store: MetadataStore) -> None:
+    keys = [f"p/{i:03d}" for i in range(25)]
+    await store.commit(Txn(puts=[(k, k.encode()) for k in keys]))
+    await store.put("q/outside", b"")
+    first = await store.list("p/", limit=10)
+    assert [e.key for e in first] == keys[:10] and first.more
+    last = await store.list("p/", start_after="p/019", limit=10)
+    assert [e.key for e in last] == keys[20:] and not last.more
+    exact = await store.list("p/", start_after="p/014", limit=10)
+    assert [e.key for e in exact] == keys[15:25] and not exact.more
+    everything = await store.list_all("p/", page=7)
+    assert [e.key for e in everything] == keys and everything.revision == first.revision
+    with pytest.raises(ValueError):
+        await store.list("p/", limit=0)
+
+
+async def test_fenced_names_every_failed_key(store: MetadataStore) -> None:
+    va = await store.put("a", b"1")
+    vb = await store.put("b", b"1")
+    await store.put("c", b"1")
+    with pytest.raises(Fenced) as err:
+        await store.commit(Txn(compares=[("a", va), ("b", vb + 100), ("c", 0), ("d", 0)],
+                               puts=[("a", b"2")]))
+    assert sorted(err.value.keys) == ["b", "c"]
+    e = await store.get("a")
+    assert e is not None and e.value == b"1"
+
+
+async def test_txn_at_the_size_limit(store: MetadataStore) -> None:
+    puts = [(f"big/{i:05d}", b"v") for i in range(MAX_TXN_OPS)]
+    rev = await store.commit(Txn(puts=puts))
+    listing = await store.list_all("big/")
+    assert len(listing) == MAX_TXN_OPS and {e.version for e in listing} == {rev}
+    with pytest.raises(ValueError, match="over the limit"):
+        await store.commit(Txn(puts=puts, deletes=["big/extra"]))
+    with pytest.raises(ValueError, match="NUL"):
+        await store.put("bad\x00key", b"")
+
+
+async def test_next_ids_hands_out_blocks(backend: Backend, store: MetadataStore) -> None:
+    assert await store.next_id("pid") == 1
+    block = await store.next_ids("pid", 1000)
+    assert block == range(2, 1002)
+    assert await store.next_id("pid") == 1002
+    blocks = await asyncio.gather(*(store.next_ids("pid", 10) for _ in range(20)))
+    ids = [i for b in blocks for i in b]
+    assert len(set(ids)) == 200 and min(ids) == 1003 and max(ids) == 1202
+    store = await backend.reopen(store)
+    assert (await store.next_ids("pid", 5)).start == 1203
+    with pytest.raises(ValueError):
+        await store.next_ids("pid", 0)
+
+
 # -- embedded only -----------------------------------------------------------------------
 
 
@@ -374,8 +471,7 @@ async def test_open_metadata_uris(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         await s.close()
     for d in ["rel/data", "abs", "plain"]:
         assert (tmp_path / d / "metadata.db").is_file()
-    with pytest.raises(ValueError, match="etcd backend not available yet"):
-        open_metadata("etcd://127.0.0.1:2379")
+    assert isinstance(open_metadata("postgresql://u:p@127.0.0.1:1/db"), PostgresMetadataStore)
     with pytest.raises(ValueError, match="unknown scheme 'zk'"):
         open_metadata("zk://host/x")
 
@@ -417,5 +513,24 @@ async def test_embedded_commit_survives_kill_9(tmp_path: Path) -> None:
         e = await store.get("k")
         assert e is not None and e.value == b"durable"
         assert await store.next_id("ids") == 2
+    finally:
+        await store.close()
+
+
+async def test_embedded_watch_from_before_the_open_resyncs(tmp_path: Path) -> None:
+    path = str(tmp_path / "metadata.db")
+    store = EmbeddedMetadataStore(path)
+    old = await store.put("w/a", b"1")
+    await store.put("w/b", b"2")
+    await store.close()
+    store = EmbeddedMetadataStore(path)
+    try:
+        listing = await store.list("w/")
+        events = store.watch("w/", from_revision=old)  # history before the open is gone
+        (first,) = await take(events, 1)
+        assert first.resync and first.key == "w/" and first.version == listing.revision
+        v = await store.put("w/c", b"3")
+        (nxt,) = await take(events, 1)
+        assert (nxt.key, nxt.version, nxt.resync) == ("w/c", v, False)
     finally:
         await store.close()

@@ -2,15 +2,24 @@
 atomic multi-key transactions, watches and leases.
 
 Every value carries a `version` (a store-wide revision at which it was last written, > 0).
-Version 0 in a comparison means "the key must not exist". The embedded SQLite backend
-serves one node; the etcd backend (cluster mode) implements the same contract.
+Version 0 in a comparison means "the key must not exist". Two backends implement it and
+pass one suite (`tests/unit/test_metadata_contract.py`): `embedded` (one node, a SQLite
+file) and `postgresql` (cluster mode; leases on the database's clock, watches replayed
+from a change table). `docs/design/0001-cluster.md` says why.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+
+MAX_TXN_OPS = 10_000
+"""Compares + puts + deletes in one transaction: callers split larger work (a commit over
+the limit is a caller bug and raises ValueError before reaching the store)."""
+MAX_TXN_BYTES = 64 << 20
+"""Keys and values written by one transaction, in bytes."""
+MAX_CHAR = 0x10FFFF
 
 
 class MetadataError(Exception):
@@ -19,6 +28,11 @@ class MetadataError(Exception):
 
 class Fenced(MetadataError):
     """A compare failed: somebody else wrote the key (stale version / epoch)."""
+
+    def __init__(self, message: str, keys: Iterable[str] = ()) -> None:
+        super().__init__(message)
+        self.keys: tuple[str, ...] = tuple(keys)
+        """Every compared key whose version was not the expected one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +49,21 @@ class WatchEvent:
     value: bytes | None
     """None when the key was deleted."""
     version: int
+    resync: bool = False
+    """The events since the watch's start revision are no longer kept: the watcher must
+    list again (at `version` or later) and replace what it knows; events after `version`
+    follow as usual. `key` is the watched prefix."""
+
+
+class Listing(list[Entry]):
+    """A list of entries that also says the revision it was read at, so a watch started
+    from `revision` misses nothing written after the read."""
+
+    def __init__(self, entries: Iterable[Entry], revision: int, more: bool = False) -> None:
+        super().__init__(entries)
+        self.revision = revision
+        self.more = more
+        """A `limit` cut the listing short: list again with `start_after` the last key."""
 
 
 @dataclass(slots=True)
@@ -47,14 +76,33 @@ class Txn:
     lease: int = 0
     """Lease attached to every put in this txn (0: none)."""
 
+    @property
+    def ops(self) -> int:
+        return len(self.compares) + len(self.puts) + len(self.deletes)
+
 
 class MetadataStore(ABC):
     @abstractmethod
     async def get(self, key: str) -> Entry | None: ...
 
     @abstractmethod
-    async def list(self, prefix: str) -> list[Entry]:
-        """All entries whose key starts with `prefix`, sorted by key."""
+    async def list(self, prefix: str, *, start_after: str | None = None,
+                   limit: int | None = None) -> Listing:
+        """Entries whose key starts with `prefix` (and sorts after `start_after`), sorted by
+        key, at most `limit` of them, all read at one revision (`Listing.revision`)."""
+
+    async def list_all(self, prefix: str, page: int = 1000) -> Listing:
+        """Every entry under `prefix`, read in pages of `page` (each page is consistent;
+        the revision is the first page's, so a watch from it replays whatever changed
+        between pages)."""
+        first = await self.list(prefix, limit=page)
+        out, revision = list(first), first.revision
+        more = first.more
+        while more:
+            nxt = await self.list(prefix, start_after=out[-1].key, limit=page)
+            out.extend(nxt)
+            more = nxt.more
+        return Listing(out, revision)
 
     @abstractmethod
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
@@ -69,11 +117,14 @@ class MetadataStore(ABC):
 
     @abstractmethod
     async def commit(self, txn: Txn) -> int:
-        """Apply `txn` atomically; returns the new revision; raises `Fenced` on a failed compare."""
+        """Apply `txn` atomically; returns the new revision; raises `Fenced` (naming every
+        failed key) on a failed compare. At most `MAX_TXN_OPS` operations."""
 
     @abstractmethod
-    def watch(self, prefix: str) -> AsyncIterator[WatchEvent]:
-        """Changes to keys under `prefix` after the call, in revision order."""
+    def watch(self, prefix: str, from_revision: int | None = None) -> AsyncIterator[WatchEvent]:
+        """Changes to keys under `prefix` in revision order: those after `from_revision`
+        (a `Listing.revision`), else those after the call. A start too old for the store's
+        change history gives one `resync` event first."""
 
     @abstractmethod
     async def grant_lease(self, ttl_seconds: float) -> int: ...
@@ -91,6 +142,44 @@ class MetadataStore(ABC):
         """A durable counter: 1, 2, 3, ... per `name`, never reused."""
 
     @abstractmethod
+    async def next_ids(self, name: str, count: int) -> range:
+        """A block of `count` consecutive ids of the same counter as `next_id` (one round
+        trip for many ids: brokers hand out producer ids and object ids from blocks)."""
+
+    @abstractmethod
     async def close(self) -> None: ...
 
+
+def prefix_end(prefix: str) -> str | None:
+    """Smallest string greater than every string starting with `prefix` (None: no bound).
+
+    Both backends compare keys as UTF-8 bytes (code point order), so a range scan
+    [prefix, end) uses the key index instead of scanning the table.
+    """
+    stripped = prefix.rstrip(chr(MAX_CHAR))
+    if not stripped:
+        return None
+    nxt = ord(stripped[-1]) + 1
+    if 0xD800 <= nxt <= 0xDFFF:  # surrogates cannot be encoded; skip past them
+        nxt = 0xE000
+    return stripped[:-1] + chr(nxt)
+
+
+def validate_txn(txn: Txn) -> None:
+    """Reject malformed transactions before they reach a store (a caller bug, not a race)."""
+    for key, version in txn.compares:
+        if version < 0:
+            raise ValueError(f"compare version for {key!r} must be >= 0, got {version}")
+    written = [k for k, _ in txn.puts] + list(txn.deletes)
+    if any("\x00" in k for k in written):
+        raise ValueError("a metadata key holds a NUL character")
+    if len(set(written)) != len(written):
+        raise ValueError(f"a key is written more than once in one txn: {sorted(written)}")
+    if txn.lease < 0:
+        raise ValueError(f"lease id must be >= 0, got {txn.lease}")
+    if txn.ops > MAX_TXN_OPS:
+        raise ValueError(f"a txn of {txn.ops} operations is over the limit of {MAX_TXN_OPS}")
+    size = sum(len(k.encode()) + len(v) for k, v in txn.puts)
+    if size > MAX_TXN_BYTES:
+        raise ValueError(f"a txn writing {size} bytes is over the limit of {MAX_TXN_BYTES}")
 

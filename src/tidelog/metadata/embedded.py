@@ -18,6 +18,7 @@ vanish (with delete events) even when nobody else calls.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import sqlite3
@@ -26,7 +27,17 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
-from tidelog.metadata.base import Entry, Fenced, MetadataError, MetadataStore, Txn, WatchEvent
+from tidelog.metadata.base import (
+    Entry,
+    Fenced,
+    Listing,
+    MetadataError,
+    MetadataStore,
+    Txn,
+    WatchEvent,
+    prefix_end,
+    validate_txn,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,22 +64,8 @@ CREATE INDEX IF NOT EXISTS leases_by_expiry ON leases(expires_at);
 INSERT OR IGNORE INTO meta(name, value) VALUES ('revision', 0), ('lease_seq', 0);
 """
 
-_MAX_CHAR = 0x10FFFF
-
-
-def _prefix_end(prefix: str) -> str | None:
-    """Smallest string greater than every string starting with `prefix` (None: no bound).
-
-    SQLite compares TEXT as UTF-8 bytes, which orders like code points, so a range scan
-    [prefix, end) uses the primary key index instead of scanning the table.
-    """
-    stripped = prefix.rstrip(chr(_MAX_CHAR))
-    if not stripped:
-        return None
-    nxt = ord(stripped[-1]) + 1
-    if 0xD800 <= nxt <= 0xDFFF:  # surrogates cannot be encoded; skip past them
-        nxt = 0xE000
-    return stripped[:-1] + chr(nxt)
+RECENT_EVENTS = 10_000
+"""Events kept in memory so a watch can start from a listing's revision."""
 
 
 @contextlib.contextmanager
@@ -160,6 +157,10 @@ class EmbeddedMetadataStore(MetadataStore):
         self._conn: sqlite3.Connection | None = None
         self._opened: Future[None] = self._executor.submit(self._open, clock())
         self._watchers: set[_Watcher] = set()
+        self._recent: collections.deque[WatchEvent] = collections.deque(maxlen=RECENT_EVENTS)
+        self._recent_floor = 1 << 62
+        """Events after this revision are in `_recent` (set once the file is open)."""
+        self._published = 0
         self._timer: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -174,17 +175,29 @@ class EmbeddedMetadataStore(MetadataStore):
 
         return await self._call(op)
 
-    async def list(self, prefix: str) -> list[Entry]:
-        end = _prefix_end(prefix)
+    async def list(self, prefix: str, *, start_after: str | None = None,
+                   limit: int | None = None) -> Listing:
+        if limit is not None and limit < 1:
+            raise ValueError(f"list limit must be positive, got {limit}")
+        end = prefix_end(prefix)
 
-        def op(conn: sqlite3.Connection, now: float) -> tuple[list[Entry], _Events]:
+        def op(conn: sqlite3.Connection, now: float) -> tuple[Listing, _Events]:
             sql = "SELECT key, value, version, lease FROM kv WHERE key >= ?"
-            args: tuple[str, ...] = (prefix,)
+            args: tuple[str | int, ...] = (prefix,)
             if end is not None:
                 sql += " AND key < ?"
                 args += (end,)
-            rows = conn.execute(sql + " ORDER BY key", args).fetchall()
-            return [Entry(k, bytes(v), ver, lease) for k, v, ver, lease in rows], []
+            if start_after is not None:
+                sql += " AND key > ?"
+                args += (start_after,)
+            sql += " ORDER BY key"
+            if limit is not None:
+                sql += " LIMIT ?"
+                args += (limit + 1,)
+            rows = conn.execute(sql, args).fetchall()
+            more = limit is not None and len(rows) > limit
+            entries = [Entry(k, bytes(v), ver, lease) for k, v, ver, lease in rows[:limit]]
+            return Listing(entries, _revision(conn), more), []
 
         return await self._call(op)
 
@@ -198,7 +211,7 @@ class EmbeddedMetadataStore(MetadataStore):
         await self.commit(Txn(deletes=[key]))
 
     async def commit(self, txn: Txn) -> int:
-        _validate(txn)
+        validate_txn(txn)
         compares = tuple(txn.compares)
         puts = tuple((k, bytes(v)) for k, v in txn.puts)
         deletes = tuple(txn.deletes)
@@ -206,11 +219,15 @@ class EmbeddedMetadataStore(MetadataStore):
 
         def op(conn: sqlite3.Connection, now: float) -> tuple[int, _Events]:
             with _transaction(conn):
+                failed = []
                 for key, expected in compares:
                     row = conn.execute("SELECT version FROM kv WHERE key = ?", (key,)).fetchone()
                     actual = row[0] if row else 0
                     if actual != expected:
-                        raise Fenced(f"{key!r}: expected version {expected}, found {actual}")
+                        failed.append((key, expected, actual))
+                if failed:
+                    raise Fenced("; ".join(f"{k!r}: expected version {e}, found {a}"
+                                           for k, e, a in failed), [k for k, _, _ in failed])
                 if lease and puts and not _lease_alive(conn, lease):
                     raise MetadataError(f"lease {lease} is unknown or expired")
                 gone = [k for k in deletes if _exists(conn, k)]
@@ -230,9 +247,18 @@ class EmbeddedMetadataStore(MetadataStore):
 
         return await self._call(op)
 
-    def watch(self, prefix: str) -> AsyncIterator[WatchEvent]:
-        """Registered now (not on first iteration), so no write after this call is missed."""
+    def watch(self, prefix: str, from_revision: int | None = None) -> AsyncIterator[WatchEvent]:
+        """Registered now (not on first iteration), so no write after this call is missed;
+        from a revision, the recent events after it are replayed first (events reach the
+        loop in revision order, so replayed and live events join without a gap)."""
         watcher = _Watcher(self, prefix)
+        if from_revision is not None:
+            if from_revision < self._recent_floor:
+                watcher.deliver(WatchEvent(prefix, None, self._published, resync=True))
+            else:
+                for event in self._recent:
+                    if event.version > from_revision and event.key.startswith(prefix):
+                        watcher.deliver(event)
         if self._closed:
             watcher.end()
         else:
@@ -280,15 +306,22 @@ class EmbeddedMetadataStore(MetadataStore):
         await self._call(op)
 
     async def next_id(self, name: str) -> int:
-        def op(conn: sqlite3.Connection, now: float) -> tuple[int, _Events]:
+        return (await self.next_ids(name, 1)).start
+
+    async def next_ids(self, name: str, count: int) -> range:
+        if count < 1:
+            raise ValueError(f"id block size must be positive, got {count}")
+
+        def op(conn: sqlite3.Connection, now: float) -> tuple[range, _Events]:
             with _transaction(conn):
                 conn.execute(
-                    "INSERT INTO counters(name, value) VALUES (?, 1) "
-                    "ON CONFLICT(name) DO UPDATE SET value = value + 1",
-                    (name,),
+                    "INSERT INTO counters(name, value) VALUES (?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                    (name, count),
                 )
                 row = conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
-            return int(row[0]), []
+            last = int(row[0])
+            return range(last - count + 1, last + 1), []
 
         return await self._call(op)
 
@@ -350,6 +383,7 @@ class EmbeddedMetadataStore(MetadataStore):
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute("UPDATE leases SET expires_at = ? + ttl", (now,))
+                self._recent_floor = self._published = _revision(conn)
         except BaseException:
             conn.close()
             raise
@@ -374,6 +408,11 @@ class EmbeddedMetadataStore(MetadataStore):
             loop.call_soon_threadsafe(self._publish, events)
 
     def _publish(self, events: _Events) -> None:
+        for event in events:
+            if len(self._recent) == self._recent.maxlen:
+                self._recent_floor = self._recent[0].version
+            self._recent.append(event)
+            self._published = max(self._published, event.version)
         for watcher in self._watchers:
             for event in events:
                 if event.key.startswith(watcher.prefix):
@@ -402,15 +441,3 @@ def _exists(conn: sqlite3.Connection, key: str) -> bool:
 def _lease_alive(conn: sqlite3.Connection, lease: int) -> bool:
     """Expired leases were dropped before the op ran, so existing means alive."""
     return conn.execute("SELECT 1 FROM leases WHERE id = ?", (lease,)).fetchone() is not None
-
-
-def _validate(txn: Txn) -> None:
-    """Reject malformed transactions before they reach the worker (a caller bug, not a race)."""
-    for key, version in txn.compares:
-        if version < 0:
-            raise ValueError(f"compare version for {key!r} must be >= 0, got {version}")
-    written = [k for k, _ in txn.puts] + list(txn.deletes)
-    if len(set(written)) != len(written):
-        raise ValueError(f"a key is written more than once in one txn: {sorted(written)}")
-    if txn.lease < 0:
-        raise ValueError(f"lease id must be >= 0, got {txn.lease}")

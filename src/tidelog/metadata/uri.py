@@ -14,22 +14,23 @@ def open_metadata(uri: str) -> MetadataStore:
     """Open the store named by `uri`.
 
     `embedded://./data`, `embedded:///abs/dir` or a plain directory path give the SQLite
-    store in `<dir>/metadata.db` (the directory is created).
+    store in `<dir>/metadata.db` (the directory is created); `postgresql://...` the
+    cluster store (connected on first use).
     """
     scheme, sep, rest = uri.partition("://")
     if not sep:
         directory = uri
     elif scheme == "embedded":
         directory = rest
-    elif scheme == "etcd":
-        raise ValueError(
-            f"metadata.uri {uri!r}: etcd backend not available yet; "
-            "use embedded://DIR (single node)"
-        )
+    elif scheme in ("postgresql", "postgres"):
+        from tidelog.metadata.postgres import PostgresMetadataStore
+
+        return PostgresMetadataStore(uri)
     else:
         raise ValueError(
             f"metadata.uri {uri!r}: unknown scheme {scheme!r}; "
-            "expected embedded://DIR, embedded:///ABS/DIR or a directory path"
+            "expected embedded://DIR, embedded:///ABS/DIR, a directory path or "
+            "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
         )
     if not directory:
         raise ValueError(f"metadata.uri {uri!r}: no directory given")
