@@ -155,12 +155,12 @@ class EmbeddedMetadataStore(MetadataStore):
         self._sweep_interval = sweep_interval
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tidelog-metadata")
         self._conn: sqlite3.Connection | None = None
-        self._opened: Future[None] = self._executor.submit(self._open, clock())
-        self._watchers: set[_Watcher] = set()
         self._recent: collections.deque[WatchEvent] = collections.deque(maxlen=RECENT_EVENTS)
         self._recent_floor = 1 << 62
         """Events after this revision are in `_recent` (set once the file is open)."""
         self._published = 0
+        self._opened: Future[None] = self._executor.submit(self._open, clock())
+        self._watchers: set[_Watcher] = set()
         self._timer: asyncio.Task[None] | None = None
         self._closed = False
 
