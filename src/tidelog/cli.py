@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvloop
 
+    from tidelog.controller.membership import NodeIdInUse
     from tidelog.metadata.base import MetadataError
     from tidelog.server import serve
 
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # e.g. the port is taken, the data directory is not writable
         logging.getLogger("tidelog").error("cannot start: %s", exc)
         return 1
-    except MetadataError as exc:  # metadata.uri unreachable, refused, or a newer schema
+    except (MetadataError, NodeIdInUse) as exc:  # metadata.uri unusable, node.id taken
         logging.getLogger("tidelog").error("cannot start: %s", exc)
         return 2
     except ValueError as exc:  # a setting the broker only checks when it applies it

@@ -68,6 +68,10 @@ DEFAULTS: dict[str, str] = {
     "group.consumer.heartbeat.interval.ms": "5000",
     "group.consumer.assignors": "uniform,range",
     "transaction.max.timeout.ms": "900000",
+    "offsets.topic.num.partitions": "50",
+    "transaction.state.log.num.partitions": "50",
+    "broker.session.timeout.ms": "9000",
+    "broker.heartbeat.interval.ms": "2000",
     "transactional.id.expiration.ms": "604800000",
     "log.level": "INFO",
 }

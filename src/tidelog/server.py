@@ -11,9 +11,12 @@ import signal
 from urllib.parse import urlparse, urlunparse
 
 from tidelog.api.authorizer import Authorizer, parse_super_users
-from tidelog.api.base import BrokerConfig, BrokerInfo, Context
+from tidelog.api.base import BrokerConfig, BrokerInfo, ClusterView, Context
 from tidelog.api.dispatch import Dispatcher
 from tidelog.config import Config, parse_listener
+from tidelog.controller.election import ControllerElection
+from tidelog.controller.membership import BrokerRecord, Membership
+from tidelog.controller.placement import Candidate, place
 from tidelog.coordinator.coordinator import CoordinatorConfig, GroupCoordinator
 from tidelog.coordinator.transactions import TransactionCoordinator, TxnConfig
 from tidelog.metadata.base import MetadataStore
@@ -56,6 +59,11 @@ def wal_file_uri(uri: str, node_id: int) -> str:
     return "file://" + os.path.join(path, f"broker-{node_id}.wal") + query
 
 
+def is_cluster(metadata_uri: str) -> bool:
+    """Cluster mode is metadata several brokers share (PostgreSQL); embedded is one node."""
+    return metadata_uri.split("://", 1)[0] in ("postgresql", "postgres")
+
+
 def _without_query(uri: str) -> str:
     """For logs: a URI's query may hold credentials."""
     return uri.split("?", 1)[0]
@@ -82,6 +90,8 @@ class Broker:
         self.coordinator: GroupCoordinator | None = None
         self.transactions: TransactionCoordinator | None = None
         self.log_manager: LogManager | None = None
+        self.membership: Membership | None = None
+        self.election: ControllerElection | None = None
         self.node_id = 0
         # every object store the broker opens is wrapped to count into this (the WAL's too)
         self.store_stats = ObjectStoreStats()
@@ -99,6 +109,9 @@ class Broker:
         metrics_at = (parse_metrics_listener(c.get_str("metrics.listener"))
                       if c.get_bool("metrics.enabled") else None)
         self.meta = open_metadata(c.get_str("metadata.uri"))
+        cluster = is_cluster(c.get_str("metadata.uri"))
+        bind = parse_listener(c.get_str("listeners"))
+        advertised = parse_listener(c.get_str("advertised.listeners") or c.get_str("listeners"))
         store = CountingObjectStore(
             open_with_emulation(c.get_str("objectstore.uri"), open_object_store),
             self.store_stats)
@@ -119,12 +132,30 @@ class Broker:
                 small_bytes=c.get_int("object.compaction.small.bytes"),
                 min_objects=c.get_int("object.compaction.min.objects"),
                 max_input_bytes=c.get_int("object.compaction.max.input.bytes")),
-        ), describe=describe)
+        ), describe=describe, node_id=node_id, cluster=cluster)
+        engine = self.engine
+        if cluster:  # claim the node id before touching its WAL
+            self.membership = Membership(
+                self.meta, BrokerRecord(node_id, advertised.host, advertised.port,
+                                        c.get_str("broker.rack") or None,
+                                        _without_query(c.get_str("wal.uri")), 0),
+                ttl=c.get_int("broker.session.timeout.ms") / 1000,
+                interval=c.get_int("broker.heartbeat.interval.ms") / 1000,
+                on_deadline=lambda d: setattr(engine, "ack_deadline", d),
+                on_lost=lambda why: engine.fail(f"lease lost: {why}"))
+            await self.membership.register()
         await self.engine.start(await _bump_wal_epoch(self.meta, node_id))
         self.topics = TopicManager(self.engine, self.meta,
                                    c.get_int("producer.id.expiration.ms"),
-                                   broker_configs=c.values)
+                                   broker_configs=c.values,
+                                   placer=self._place if cluster else None)
         await self.topics.load()
+        if self.membership is not None:
+            membership = self.membership
+            self.election = ControllerElection(
+                self.meta, node_id, lambda: membership.lease,
+                on_change=lambda active: setattr(engine, "cluster_jobs", active))
+            await self.election.start()
         self.log_manager = LogManager(self.topics, LogManagerConfig(
             retention_check_interval=c.get_int("log.retention.check.interval.ms") / 1000,
             cleaner_backoff=c.get_int("log.cleaner.backoff.ms") / 1000,
@@ -139,15 +170,16 @@ class Broker:
             consumer_session_timeout_ms=c.get_int("group.consumer.session.timeout.ms"),
             consumer_heartbeat_interval_ms=c.get_int("group.consumer.heartbeat.interval.ms"),
             consumer_assignor=c.get_str("group.consumer.assignors").split(",")[0].strip(),
+            partitions=c.get_int("offsets.topic.num.partitions"),
         ))
-        await self.coordinator.start()
         self.transactions = TransactionCoordinator(self.topics, self.coordinator.offsets, TxnConfig(
             max_timeout_ms=c.get_int("transaction.max.timeout.ms"),
             id_expiration_ms=c.get_int("transactional.id.expiration.ms"),
+            partitions=c.get_int("transaction.state.log.num.partitions"),
         ))
-        await self.transactions.start()
-        bind = parse_listener(c.get_str("listeners"))
-        advertised = parse_listener(c.get_str("advertised.listeners") or c.get_str("listeners"))
+        self.topics.open_listeners += [self.coordinator.opened, self.transactions.opened]
+        await self.coordinator.start(create=not cluster)
+        await self.transactions.start(create=not cluster)
         broker_cfg = BrokerConfig(
             cluster_id=c.get_str("cluster.id"),
             auto_create_topics=c.get_bool("auto.create.topics.enable"),
@@ -160,7 +192,8 @@ class Broker:
                                 super_users=parse_super_users(c.get_str("super.users")))
         await authorizer.load()
         ctx = Context(info, self.topics, self.coordinator, broker_cfg,
-                      transactions=self.transactions, authorizer=authorizer)
+                      transactions=self.transactions, authorizer=authorizer,
+                      cluster=self._cluster_view())
         self.dispatcher = Dispatcher(ctx)
         self.request_metrics = RequestMetrics() if metrics_at is not None else None
         self.listener = KafkaListener(self.dispatcher, bind.host, bind.port,
@@ -170,12 +203,28 @@ class Broker:
         await self.listener.start()
         if advertised.port == 0:  # bound to a free port: advertise the real one
             info.port = self.listener.port
+            if self.membership is not None:
+                await self.membership.update(port=info.port)
         if metrics_at is not None:
             self.metrics = MetricsEndpoint.start(BrokerCollector(self), *metrics_at)
             log.info("metrics on %s", self.metrics.url)
         log.info("tidelog broker %d ready on %s:%d (wal %s, objects %s)", node_id,
                  info.host, info.port, _without_query(c.get_str("wal.uri")),
                  _without_query(c.get_str("objectstore.uri")))
+
+    async def _place(self, count: int) -> list[int]:
+        assert self.membership is not None and self.topics is not None
+        live = [Candidate(r.node_id, r.rack) for r in self.membership.live.values()]
+        return place(count, sorted(live, key=lambda b: b.node_id), self.topics.owned_by())
+
+    def _cluster_view(self) -> ClusterView | None:
+        membership, election = self.membership, self.election
+        if membership is None or election is None:
+            return None
+        return ClusterView(
+            brokers=lambda: [BrokerInfo(r.node_id, r.host, r.port, r.rack)
+                             for r in membership.live.values()],
+            controller_id=lambda: election.controller_id)
 
     async def stop(self) -> None:
         if self.listener is not None:
@@ -191,8 +240,14 @@ class Broker:
                 await self.topics.snapshot_producers()
             except Exception as exc:  # the log still has it all: only the restart is slower
                 log.warning("producer state snapshot failed: %r", exc)
+        if self.election is not None:
+            await self.election.stop()
+        if self.topics is not None:
+            await self.topics.stop()
         if self.engine is not None:
             await self.engine.close(flush=True)
+        if self.membership is not None:  # after the final upload: it needed the lease
+            await self.membership.close()
         if self.meta is not None:
             await self.meta.close()
         if self.metrics is not None:

@@ -27,6 +27,10 @@ class FakeTopic:
     partitions: list[int]
     internal: bool = False
 
+    @property
+    def count(self) -> int:
+        return len(self.partitions)
+
 
 class FakeTopics:
     def __init__(self) -> None:

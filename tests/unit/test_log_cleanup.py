@@ -191,23 +191,23 @@ async def test_cleaner_uploads_data_that_a_segment_roll_would_make_cleanable(
                                                "segment.bytes": "2000"})
     for t in (lagged, rolled):
         for v in (b"1", b"2", b"3"):
-            await t.partitions[0].append(records.build_batch([(b"k", v * 500)],
+            await t.owned[0].append(records.build_batch([(b"k", v * 500)],
                                                              timestamp=10_000))
-    assert engine.unuploaded(lagged.partitions[0].stream.stream_id)[0] > 0
+    assert engine.unuploaded(lagged.owned[0].stream.stream_id)[0] > 0
 
     # rolled holds 1,500 bytes, under its segment.bytes; lagged's data is 0.5 s old
     clock[0] = 10.5
     assert await manager.clean() == 0 and manager.rolls == 0
     clock[0] = 11.0  # lagged's records are max.compaction.lag.ms old: one upload, both clean
     assert await manager.clean() == 2 and manager.rolls == 1
-    assert engine.unuploaded(lagged.partitions[0].stream.stream_id) == (0, None)
+    assert engine.unuploaded(lagged.owned[0].stream.stream_id) == (0, None)
     for t in (lagged, rolled):
-        assert [v for _o, _k, v in await read_values(t.partitions[0])] == [b"3" * 500]
+        assert [v for _o, _k, v in await read_values(t.owned[0])] == [b"3" * 500]
     for v in (b"4", b"5", b"6", b"7"):  # 2,000 bytes reach rolled's segment.bytes
-        await rolled.partitions[0].append(records.build_batch([(b"k", v * 500)],
+        await rolled.owned[0].append(records.build_batch([(b"k", v * 500)],
                                                               timestamp=11_000))
     assert await manager.clean() == 1 and manager.rolls == 2
-    assert [v for _o, _k, v in await read_values(rolled.partitions[0])] == [b"7" * 500]
+    assert [v for _o, _k, v in await read_values(rolled.owned[0])] == [b"7" * 500]
     await engine.close()
     await engine.meta.close()
 

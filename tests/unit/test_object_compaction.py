@@ -106,7 +106,8 @@ async def test_compaction_drops_deleted_and_trimmed_data(
         await engine.upload()
     await engine.delete_stream(gone.stream.stream_id)
     await trimmed.stream.trim(15)
-    merged, written = await compact_objects(engine, CompactionConfig(min_objects=2))
+    merged, written = await compact_objects(engine, CompactionConfig(min_objects=2),
+                                            engine._live_starts)
     assert (merged, written) == (10, 1)
     (blocks,) = engine.index.objects.values()
     assert {b.stream_id for b in blocks} == {keep.stream.stream_id, trimmed.stream.stream_id}

@@ -208,13 +208,13 @@ async def test_create_validates_and_applies_configs(broker: Broker) -> None:
     assert checked.resolved.cleanup_policy == {"compact"} and topics.get("v") is None
     t = await topics.create("t", 2, {"max.message.bytes": "200"})
     assert topics.topic_config(t).max_message_bytes == 200
-    assert all(p.config.max_message_bytes == 200 for p in t.partitions)
+    assert all(p.config.max_message_bytes == 200 for p in t.owned.values())
 
 
 async def test_produce_limits_follow_the_topic_config(broker: Broker) -> None:
     topics = await broker.start()
     t = await topics.create("t", 1)
-    p = t.partitions[0]
+    p = t.owned[0]
     with pytest.raises(PartitionError) as big:  # broker default: message.max.bytes 4096
         await p.append(_batch(1, b"x" * 5000))
     assert big.value.code == "message_too_large"
@@ -235,7 +235,7 @@ async def test_produce_limits_follow_the_topic_config(broker: Broker) -> None:
 async def test_log_append_time_topic(broker: Broker) -> None:
     topics = await broker.start()
     t = await topics.create("t", 1, {"message.timestamp.type": "LogAppendTime"})
-    p = t.partitions[0]
+    p = t.owned[0]
     before = int(time.time() * 1000)
     res = await p.append(_batch(3, ts=1_000))
     after = int(time.time() * 1000)
@@ -245,14 +245,14 @@ async def test_log_append_time_topic(broker: Broker) -> None:
     assert b.attributes & records.TIMESTAMP_TYPE_BIT
     assert b.max_timestamp == res.log_append_time
     assert await p.offset_for_timestamp(before) == (0, res.log_append_time)
-    plain = await (await topics.create("c", 1)).partitions[0].append(_batch(1, ts=1_000))
+    plain = await (await topics.create("c", 1)).owned[0].append(_batch(1, ts=1_000))
     assert plain.log_append_time == -1
 
 
 async def test_delete_records(broker: Broker) -> None:
     topics = await broker.start()
     t = await topics.create("t", 1)
-    p = t.partitions[0]
+    p = t.owned[0]
     for _ in range(5):
         await p.append(_batch(2))
     assert await p.delete_records(3) == 3
@@ -262,7 +262,7 @@ async def test_delete_records(broker: Broker) -> None:
         await p.delete_records(11)
     assert beyond.value.code == "offset_out_of_range"
     assert await p.delete_records(-1) == 10
-    compacted = (await topics.create("c", 1, {"cleanup.policy": "compact"})).partitions[0]
+    compacted = (await topics.create("c", 1, {"cleanup.policy": "compact"})).owned[0]
     with pytest.raises(PartitionError) as policy:
         await compacted.delete_records(0)
     assert policy.value.code == "policy_violation"
@@ -279,7 +279,7 @@ async def test_add_partitions_and_alter_configs_survive_restart(broker: Broker) 
         await topics.add_partitions("nope", 3)
     assert missing.value.code == "unknown_topic_or_partition"
     await topics.add_partitions("t", 5, validate_only=True)
-    assert len(topics.get("t").partitions) == 2  # type: ignore[union-attr]
+    assert topics.get("t").count == 2  # type: ignore[union-attr]
     await topics.add_partitions("t", 4)
     new = topics.partition("t", 3)
     assert new is not None and new.config.retention_ms == 1000
@@ -300,7 +300,7 @@ async def test_add_partitions_and_alter_configs_survive_restart(broker: Broker) 
 
     topics = await broker.start()
     t: Any = topics.get("t")
-    assert len(t.partitions) == 4
+    assert t.count == 4
     assert t.configs == {"retention.bytes": "1024"}
     cfg = topics.topic_config(t)
     assert (cfg.retention_bytes, cfg.retention_ms) == (1024, 300_000)  # broker's dynamic
@@ -319,7 +319,7 @@ async def test_streams_of_a_create_or_delete_cut_short_are_deleted_on_load(
         await topics.partition(name, 0).append(_batch(3))  # type: ignore[union-attr]
     assert broker.engine is not None
     orphan = await broker.engine.create_stream()  # a create cut short before its record
-    doomed = [p.stream.stream_id for p in topics.get("doomed").partitions]  # type: ignore[union-attr]
+    doomed = [p.stream.stream_id for p in topics.get("doomed").owned.values()]  # type: ignore[union-attr]
     await topics.meta.delete(TOPICS + "doomed")  # a delete cut short after its record
     await broker.stop()
 

@@ -31,6 +31,15 @@ class BrokerInfo:
 
 
 @dataclass(slots=True)
+class ClusterView:
+    """What a handler needs of the cluster: the live brokers and the controller (cluster
+    mode; without one the broker is alone and both are itself)."""
+
+    brokers: Callable[[], list[BrokerInfo]]
+    controller_id: Callable[[], int]
+
+
+@dataclass(slots=True)
 class BrokerConfig:
     cluster_id: str = "tidelog-cluster"
     auto_create_topics: bool = True
@@ -49,6 +58,23 @@ class Context:
     transactions: TransactionCoordinator | None = None
     authorizer: Authorizer = field(default_factory=Authorizer)
     extras: dict[str, Any] = field(default_factory=dict)
+    cluster: ClusterView | None = None
+
+    def live_brokers(self) -> list[BrokerInfo]:
+        """Every live broker, sorted by node id (this one alone without a cluster)."""
+        if self.cluster is None:
+            return [self.broker]
+        return sorted(self.cluster.brokers(), key=lambda b: b.node_id)
+
+    def broker_by_id(self, node_id: int) -> BrokerInfo | None:
+        if node_id == self.broker.node_id:
+            return self.broker
+        if self.cluster is None:
+            return None
+        return next((b for b in self.cluster.brokers() if b.node_id == node_id), None)
+
+    def controller_id(self) -> int:
+        return self.broker.node_id if self.cluster is None else self.cluster.controller_id()
 
     def allowed(self, header: RequestHeader, op: Operation, rtype: ResourceType,
                 name: str) -> bool:

@@ -185,7 +185,8 @@ async def _read_all(
             continue
         p = ctx.topics.partition(*k)
         sp = wanted[k]
-        r = _answer_without_data(p, sp, committed)
+        r = (_answer_without_data(p, sp, committed) if p is not None else
+             Read(error(ctx.topics.missing(*k)), -1, -1, -1, []))
         if r is None:
             assert p is not None
             end = p.last_stable_offset if committed else p.high_watermark

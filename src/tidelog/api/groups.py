@@ -1,7 +1,8 @@
 """Group APIs: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, ListGroups,
 DescribeGroups, DeleteGroups.
 
-This broker coordinates every group and transaction, so FindCoordinator always names it.
+FindCoordinator names the owner of the id's partition of `__consumer_offsets` (groups) or
+`__transaction_state` (transactional ids), Kafka's mapping; on one broker, itself.
 The classic protocol's logic lives in `coordinator.classic`; these handlers translate
 between kio's messages (every version) and its calls. A group with committed offsets but
 no classic metadata (assign + commit consumers, admin tools) is shown as Kafka shows it:
@@ -50,11 +51,19 @@ def _ms(value: timedelta) -> int:
 async def handle_find_coordinator(ctx: Context, header: RequestHeader, req: Any) -> Any:
     v = header.api_version
     mod = response_module(FIND_COORDINATOR, v)
-    b = ctx.broker
     key_type = getattr(req, "key_type", 0)
     code, msg = NONE, None
     if key_type not in KEY_TYPES:
         code, msg = error("invalid_request"), f"unsupported key type {key_type}"
+
+    logs = (ctx.coordinator.log if key_type == 0 else
+            ctx.transactions.log if ctx.transactions is not None else None)
+    if ctx.cluster is not None and code == NONE and logs is not None \
+            and ctx.topics.get(logs.topic) is None:
+        try:  # the first coordinator lookup of a cluster creates the topic (as Kafka)
+            await logs.ensure()
+        except Exception as exc:
+            log.warning("creating %s failed: %r", logs.topic, exc)
 
     def answer(key: str) -> tuple[Any, str | None, int, str, int]:
         c, m = code, msg
@@ -65,6 +74,16 @@ async def handle_find_coordinator(ctx: Context, header: RequestHeader, req: Any)
                 m = f"DESCRIBE on {key!r} is not allowed"
         if c != NONE:
             return c, m, -1, "", -1
+        if ctx.cluster is None:  # one broker coordinates everything
+            return c, m, ctx.broker.node_id, ctx.broker.host, ctx.broker.port
+        if logs is None:
+            return error("coordinator_not_available"), "no coordinator", -1, "", -1
+        topic = ctx.topics.get(logs.topic)
+        node = -1 if topic is None else ctx.topics.leader(topic, logs.partition_for(key))[0]
+        b = ctx.broker_by_id(node)
+        if b is None:
+            return (error("coordinator_not_available"),
+                    f"the coordinator of {key!r} is not available", -1, "", -1)
         return c, m, b.node_id, b.host, b.port
 
     if v >= 4:

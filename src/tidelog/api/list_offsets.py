@@ -19,7 +19,7 @@ async def _lookup(ctx: Context, name: str, index: int, ts: int,
     """(error, offset, timestamp); `committed`: read_committed (latest is the LSO)."""
     p = ctx.topics.partition(name, index)
     if p is None:
-        return error("unknown_topic_or_partition"), -1, -1
+        return error(ctx.topics.missing(name, index)), -1, -1
     if ts == LATEST:
         return NONE, p.last_stable_offset if committed else p.high_watermark, -1
     if ts == EARLIEST or ts == -4:  # -4: earliest local, the same here

@@ -1,4 +1,5 @@
-"""Metadata and DescribeCluster: one broker owns every partition, and says so."""
+"""Metadata and DescribeCluster: the live brokers with their racks, the controller, and
+each partition's leader (its stream's owner) and leader epoch (the stream's epoch)."""
 
 from __future__ import annotations
 
@@ -21,16 +22,22 @@ from tidelog.protocol.codec import RequestHeader
 METADATA, DESCRIBE_CLUSTER = 3, 60
 
 
-def _topic_entry(mod: Any, ctx: Context, topic: Topic, ops: int = NO_OPERATIONS) -> Any:
-    node = ctx.broker.node_id
-    parts = tuple(
-        make(mod.MetadataResponsePartition, error_code=NONE, partition_index=p.index,
-             leader_id=node, leader_epoch=p.leader_epoch, replica_nodes=(node,),
-             isr_nodes=(node,), offline_replicas=())
-        for p in topic.partitions
-    )
+def _topic_entry(mod: Any, ctx: Context, topic: Topic, live: set[int],
+                 ops: int = NO_OPERATIONS) -> Any:
+    parts = []
+    for i in range(topic.count):
+        node, epoch = ctx.topics.leader(topic, i)
+        if node in live:
+            parts.append(make(mod.MetadataResponsePartition, error_code=NONE,
+                              partition_index=i, leader_id=node, leader_epoch=epoch,
+                              replica_nodes=(node,), isr_nodes=(node,), offline_replicas=()))
+        else:  # placed on a broker that is down, or not opened yet: clients retry
+            parts.append(make(mod.MetadataResponsePartition,
+                              error_code=error("leader_not_available"), partition_index=i,
+                              leader_id=-1, leader_epoch=-1, replica_nodes=(),
+                              isr_nodes=(), offline_replicas=()))
     return make(mod.MetadataResponseTopic, error_code=NONE, name=topic.name,
-                topic_id=topic.topic_id, is_internal=topic.internal, partitions=parts,
+                topic_id=topic.topic_id, is_internal=topic.internal, partitions=tuple(parts),
                 topic_authorized_operations=ops)
 
 
@@ -44,15 +51,16 @@ async def handle_metadata(ctx: Context, header: RequestHeader, req: Any) -> Any:
     """Topics the client may not DESCRIBE are left out of an all-topics answer and refused
     by name; a topic is auto-created only for a client that may CREATE it."""
     mod = response_module(METADATA, header.api_version)
-    b = ctx.broker
-    brokers = (make(mod.MetadataResponseBroker, node_id=b.node_id, host=b.host, port=b.port,
-                    rack=b.rack),)
+    live_brokers = ctx.live_brokers()
+    brokers = tuple(make(mod.MetadataResponseBroker, node_id=b.node_id, host=b.host,
+                         port=b.port, rack=b.rack) for b in live_brokers)
+    live = {b.node_id for b in live_brokers}
     with_ops = getattr(req, "include_topic_authorized_operations", False)
 
     def entry(topic: Topic) -> Any:
         ops = (ctx.operations(header, ResourceType.TOPIC, topic.name) if with_ops
                else NO_OPERATIONS)
-        return _topic_entry(mod, ctx, topic, ops)
+        return _topic_entry(mod, ctx, topic, live, ops)
 
     def may(op: Operation, name: str) -> bool:
         return ctx.allowed(header, op, ResourceType.TOPIC, name)
@@ -94,18 +102,18 @@ async def handle_metadata(ctx: Context, header: RequestHeader, req: Any) -> Any:
                    if getattr(req, "include_cluster_authorized_operations", False)
                    else NO_OPERATIONS)
     return make(mod.MetadataResponse, throttle_time=timedelta(0), brokers=brokers,
-                cluster_id=ctx.config.cluster_id, controller_id=b.node_id,
+                cluster_id=ctx.config.cluster_id, controller_id=ctx.controller_id(),
                 topics=tuple(entries), cluster_authorized_operations=cluster_ops)
 
 
 async def handle_describe_cluster(ctx: Context, header: RequestHeader, req: Any) -> Any:
     mod = response_module(DESCRIBE_CLUSTER, header.api_version)
-    b = ctx.broker
     return make(mod.DescribeClusterResponse, throttle_time=timedelta(0), error_code=NONE,
                 error_message=None, endpoint_type=1, cluster_id=ctx.config.cluster_id,
-                controller_id=b.node_id,
-                brokers=(make(mod.DescribeClusterBroker, broker_id=b.node_id, host=b.host,
-                              port=b.port, rack=b.rack, is_fenced=False),),
+                controller_id=ctx.controller_id(),
+                brokers=tuple(make(mod.DescribeClusterBroker, broker_id=b.node_id,
+                                   host=b.host, port=b.port, rack=b.rack, is_fenced=False)
+                              for b in ctx.live_brokers()),
                 cluster_authorized_operations=(
                     ctx.operations(header, ResourceType.CLUSTER, CLUSTER_NAME)
                     if req.include_cluster_authorized_operations else NO_OPERATIONS))

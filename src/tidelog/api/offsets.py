@@ -78,7 +78,7 @@ async def handle_offset_commit(ctx: Context, header: RequestHeader, req: Any) ->
             code = topic_failed
             if code is None:
                 meta = p.committed_metadata
-                if ctx.topics.partition(t.name, p.partition_index) is None:
+                if not ctx.topics.exists(t.name, p.partition_index):
                     code = error("unknown_topic_or_partition")
                 elif meta is not None and len(meta.encode()) > MAX_METADATA_BYTES:
                     code = error("offset_metadata_too_large")

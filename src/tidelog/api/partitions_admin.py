@@ -65,8 +65,8 @@ async def handle_create_partitions(ctx: Context, header: RequestHeader, req: Any
             if topic is None:
                 raise TopicError("unknown_topic_or_partition",
                                  f"topic {t.name!r} does not exist")
-            if t.count > len(topic.partitions):
-                _check_assignments(ctx, t, len(topic.partitions))
+            if t.count > topic.count:
+                _check_assignments(ctx, t, topic.count)
             await ctx.topics.add_partitions(t.name, t.count, req.validate_only)
         except TopicError as exc:
             code, msg = error(exc.code), str(exc)
@@ -84,7 +84,7 @@ async def _delete(ctx: Context, name: str, index: int, offset: int) -> tuple[Err
     topic = ctx.topics.get(name)
     p = ctx.topics.partition(name, index)
     if topic is None or p is None:
-        return error("unknown_topic_or_partition"), -1
+        return error(ctx.topics.missing(name, index)), -1
     if topic.internal:
         return error("invalid_topic_exception"), -1
     try:
@@ -129,18 +129,17 @@ def log_dir(ctx: Context) -> str:
 async def handle_describe_log_dirs(ctx: Context, header: RequestHeader, req: Any) -> Any:
     mod = response_module(DESCRIBE_LOG_DIRS, header.api_version)
     if req.topics is None:
-        wanted = [(t, [p.index for p in t.partitions]) for t in ctx.topics.topics.values()]
+        wanted = [(t, sorted(t.owned)) for t in ctx.topics.topics.values()]
     else:
         wanted = []
         for d in req.topics:
             topic = ctx.topics.get(d.topic)
             if topic is not None:
-                wanted.append((topic, [i for i in d.partitions
-                                       if 0 <= i < len(topic.partitions)]))
+                wanted.append((topic, [i for i in d.partitions if i in topic.owned]))
     topics = tuple(
         make(mod.DescribeLogDirsTopic, name=t.name, partitions=tuple(
             make(mod.DescribeLogDirsPartition, partition_index=i,
-                 partition_size=t.partitions[i].stream.size_bytes, offset_lag=0,
+                 partition_size=t.owned[i].stream.size_bytes, offset_lag=0,
                  is_future_key=False) for i in indexes))
         for t, indexes in wanted)
     result = make(mod.DescribeLogDirsResult, error_code=NONE, log_dir=log_dir(ctx),
@@ -152,10 +151,11 @@ async def handle_describe_log_dirs(ctx: Context, header: RequestHeader, req: Any
 # ---- OffsetForLeaderEpoch -----------------------------------------------------------------
 
 
-async def _epoch_end(p: Partition | None, current: int, epoch: int) -> tuple[ErrorCode, int,
-                                                                              int]:
+async def _epoch_end(ctx: Context, name: str, index: int, current: int,
+                     epoch: int) -> tuple[ErrorCode, int, int]:
+    p = ctx.topics.partition(name, index)
     if p is None:
-        return error("unknown_topic_or_partition"), -1, -1
+        return error(ctx.topics.missing(name, index)), -1, -1
     if current >= 0 and current != p.leader_epoch:
         code = "fenced_leader_epoch" if current < p.leader_epoch else "unknown_leader_epoch"
         return error(code), -1, -1
@@ -167,7 +167,7 @@ async def handle_offset_for_leader_epoch(ctx: Context, header: RequestHeader,
                                          req: Any) -> Any:
     mod = response_module(OFFSET_FOR_LEADER_EPOCH, header.api_version)
     jobs: list[tuple[str, int, Awaitable[tuple[ErrorCode, int, int]]]] = [
-        (t.topic, p.partition, _epoch_end(ctx.topics.partition(t.topic, p.partition),
+        (t.topic, p.partition, _epoch_end(ctx, t.topic, p.partition,
                                           p.current_leader_epoch, p.leader_epoch))
         for t in req.topics for p in t.partitions]
     done = await asyncio.gather(*(j[2] for j in jobs))
@@ -203,7 +203,7 @@ async def handle_describe_producers(ctx: Context, header: RequestHeader, req: An
             p = ctx.topics.partition(t.name, i)
             if p is None:
                 parts.append(make(mod.PartitionResponse, partition_index=i,
-                                  error_code=error("unknown_topic_or_partition"),
+                                  error_code=error(ctx.topics.missing(t.name, i)),
                                   error_message=f"{t.name}-{i} does not exist",
                                   active_producers=()))
                 continue

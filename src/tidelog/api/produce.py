@@ -16,7 +16,7 @@ from kio.schema.errors import ErrorCode
 from tidelog.api.acl_model import Operation, ResourceType
 from tidelog.api.base import NONE, Api, Context, error, make, response_module
 from tidelog.api.traffic import traffic
-from tidelog.partition.partition import Partition, PartitionError
+from tidelog.partition.partition import PartitionError
 from tidelog.partition.producer_state import ProducerStateError
 from tidelog.protocol import records
 from tidelog.protocol.codec import RequestHeader
@@ -34,12 +34,13 @@ _NO_ERRORS: list[tuple[int, str]] = []
 
 
 async def _append(
-    ctx: Context, p: Partition | None, data: bytes | None, timeout: float
+    ctx: Context, name: str, index: int, data: bytes | None, timeout: float
 ) -> Outcome:
     """The outcome for one partition; its topic's limits (max.message.bytes, timestamp
     bounds) are checked by `Partition.append`."""
+    p = ctx.topics.partition(name, index)
     if p is None:
-        return error("unknown_topic_or_partition"), -1, -1, None, -1, _NO_ERRORS
+        return error(ctx.topics.missing(name, index)), -1, -1, None, -1, _NO_ERRORS
     if not data:
         return error("invalid_record"), -1, -1, "empty record set", -1, _NO_ERRORS
     try:
@@ -89,8 +90,8 @@ async def handle_produce(ctx: Context, header: RequestHeader, req: Any) -> Any:
             if denied:
                 jobs.append((t.name, pd.index, _const(error(denied))))
                 continue
-            p = ctx.topics.partition(t.name, pd.index)
-            jobs.append((t.name, pd.index, _append(ctx, p, pd.records, timeout)))
+            jobs.append((t.name, pd.index, _append(ctx, t.name, pd.index, pd.records,
+                                                   timeout)))
     results = await asyncio.gather(*(j[2] for j in jobs))
     if req.acks == 0:
         return NO_RESPONSE

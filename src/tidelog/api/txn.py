@@ -202,7 +202,7 @@ async def handle_txn_offset_commit(ctx: Context, header: RequestHeader, req: Any
         for p in t.partitions:
             code: str | None = failed
             meta = p.committed_metadata
-            if code is None and ctx.topics.partition(t.name, p.partition_index) is None:
+            if code is None and not ctx.topics.exists(t.name, p.partition_index):
                 code = "unknown_topic_or_partition"
             elif code is None and meta is not None and len(meta.encode()) > MAX_METADATA_BYTES:
                 code = "offset_metadata_too_large"

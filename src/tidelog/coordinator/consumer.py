@@ -426,7 +426,7 @@ class ConsumerGroups:
                     regexes.add(m.regex)
             g.subscriptions = (frozenset(names), frozenset(regexes))
         names = self._existing(*g.subscriptions)
-        return {n: (topics[n].topic_id, len(topics[n].partitions)) for n in sorted(names)}
+        return {n: (topics[n].topic_id, topics[n].count) for n in sorted(names)}
 
     def _assign(self, g: Group) -> None:
         """A new target assignment for the group epoch, from the members' preferred

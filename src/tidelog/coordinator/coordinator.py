@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from tidelog.coordinator.classic import ClassicGroups
 from tidelog.coordinator.consumer import ConsumerGroups
 from tidelog.coordinator.offsets import OffsetStore
-from tidelog.coordinator.state_log import StateLog
+from tidelog.coordinator.state_log import StateLogs
 from tidelog.coordinator.ticker import Ticker
 from tidelog.partition.topics import TopicManager
 
@@ -38,6 +38,7 @@ class CoordinatorConfig:
     consumer_heartbeat_interval_ms: int = 5000  # group.consumer.heartbeat.interval.ms
     consumer_assignor: str = "uniform"  # group.consumer.assignors (first is the default)
     tick_interval: float = 0.1
+    partitions: int = 1  # offsets.topic.num.partitions (when the topic is created)
 
 
 class GroupCoordinator:
@@ -46,7 +47,7 @@ class GroupCoordinator:
         self.topics = topics
         self.config = config or CoordinatorConfig()
         self.clock = clock
-        self.log = StateLog(topics)
+        self.log = StateLogs(topics, partitions=self.config.partitions)
         self.offsets = OffsetStore(self)
         self.classic = ClassicGroups(self)
         self.consumer = ConsumerGroups(self)
@@ -55,12 +56,24 @@ class GroupCoordinator:
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    async def start(self) -> None:
-        state = await self.log.load()
+    async def start(self, create: bool = True) -> None:
+        self._restore(await self.log.load(create))
+        self._ticker.start()
+
+    def _restore(self, state: dict[bytes, bytes]) -> None:
         self.offsets.restore(state)
         self.classic.restore(state)
         self.consumer.restore(state)
-        self._ticker.start()
+
+    async def opened(self, topic: str, index: int) -> None:
+        """A partition of `__consumer_offsets` was opened here after the start: load the
+        groups it holds."""
+        if topic == self.log.topic:
+            self._restore(await self.log.load_partition(index))
+
+    def owns(self, group_id: str) -> bool:
+        """This broker is the group's coordinator (its state-log partition is here)."""
+        return self.log.owns(group_id)
 
     async def stop(self) -> None:
         await self._ticker.stop()

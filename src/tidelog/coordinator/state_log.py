@@ -11,18 +11,22 @@ Vocabulary:
   snapshot-and-trim since a stream is append-only).
 
 Keys and values are the coordinators' own bytes (JSON); nothing outside the broker reads
-them.
+them. On a cluster the topic has many partitions (`offsets.topic.num.partitions`), each
+owned by one broker: `StateLogs` keeps one `StateLog` per partition owned here and sends
+each entry to the partition of the id its key names (a group or transactional id, by
+Kafka's rule), so FindCoordinator can answer that partition's owner.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tidelog.partition.partition import Partition
-from tidelog.partition.topics import TopicError, TopicManager
+from tidelog.partition.topics import Topic, TopicError, TopicManager
 from tidelog.protocol.record_reader import read_records
 from tidelog.protocol.records import build_batch, iter_headers
 
@@ -32,11 +36,57 @@ TOPIC = "__consumer_offsets"
 MAX_BATCH_RECORDS = 1000
 
 
+class NotCoordinator(Exception):
+    """The id's state-log partition is not owned (or not loaded yet) on this broker."""
+
+
+def java_hash(s: str) -> int:
+    """Java's `String.hashCode` (over UTF-16 code units, 32-bit wrap-around): Kafka maps a
+    group or transactional id to its coordinator partition with it."""
+    h = 0
+    data = s.encode("utf-16-be")
+    for i in range(0, len(data), 2):
+        h = (31 * h + ((data[i] << 8) | data[i + 1])) & 0xFFFFFFFF
+    return h - (1 << 32) if h >= 1 << 31 else h
+
+
+def partition_for(key_id: str, partitions: int) -> int:
+    """Kafka's `Utils.abs(id.hashCode()) % partitions`."""
+    h = java_hash(key_id)
+    return (0 if h == -(1 << 31) else abs(h)) % partitions
+
+
+def key_id(key: bytes) -> str:
+    """The group or transactional id a state-log key belongs to: `o/["group", ...]`
+    (offsets), otherwise `<kind>/<id>`."""
+    body = key[2:]
+    if key.startswith(b"o/"):
+        return str(json.loads(body)[0])
+    return body.decode(errors="replace")
+
+
+async def ensure_internal_topic(topics: TopicManager, name: str, partitions: int) -> Topic:
+    """The internal topic, created (compacted) when absent; a concurrent create by another
+    broker is waited for through the catalog."""
+    topic = topics.get(name)
+    if topic is None:
+        try:
+            topic = await topics.create(name, partitions, {"cleanup.policy": "compact"})
+        except TopicError as exc:
+            if exc.code != "topic_already_exists":
+                raise
+            topic = await topics.wait_topic(name)
+    topic.internal = True
+    return topic
+
+
 class StateLog:
     def __init__(self, topics: TopicManager, compact_ratio: float = 4.0,
-                 compact_min_records: int = 10_000, topic: str = TOPIC) -> None:
+                 compact_min_records: int = 10_000, topic: str = TOPIC,
+                 index: int = 0) -> None:
         self._topics = topics
         self.topic = topic
+        self.index = index
         self._partition: Partition | None = None
         self._live: dict[bytes, bytes] = {}
         self._records = 0  # records since the start of the stream
@@ -55,16 +105,11 @@ class StateLog:
 
     async def load(self) -> dict[bytes, bytes]:
         """Create the internal topic if needed and replay it: the latest value per key."""
-        topic = self._topics.get(self.topic)
-        if topic is None:
-            try:
-                topic = await self._topics.create(self.topic, 1, {"cleanup.policy": "compact"})
-            except TopicError:
-                topic = self._topics.get(self.topic)
-            assert topic is not None
-        topic.internal = True
-        self._partition = topic.partitions[0]
-        p = self._partition
+        topic = await ensure_internal_topic(self._topics, self.topic, self.index + 1)
+        p = topic.owned.get(self.index)
+        if p is None:
+            raise NotCoordinator(f"{self.topic}-{self.index} is not owned by this broker")
+        self._partition = p
         offset = p.log_start_offset
         while offset < p.high_watermark:
             bufs, offset = await p.stream.fetch(offset, 4 << 20)
@@ -80,8 +125,8 @@ class StateLog:
                             self._live.pop(key, None)
                         else:
                             self._live[key] = value
-        log.info("%s: %d live keys from %d records", self.topic, len(self._live),
-                 self._records)
+        log.info("%s-%d: %d live keys from %d records", self.topic, self.index,
+                 len(self._live), self._records)
         return dict(self._live)
 
     async def write(self, entries: Sequence[tuple[bytes, bytes | None]]) -> None:
@@ -132,3 +177,93 @@ class StateLog:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+class StateLogs:
+    """The state logs of the internal topic's partitions owned here, as one log: a write
+    goes to the partition of each entry's id; reads of state are the coordinators' own."""
+
+    def __init__(self, topics: TopicManager, topic: str = TOPIC, partitions: int = 1,
+                 key_of: Callable[[bytes], str] = key_id, **log_options: float) -> None:
+        self._topics = topics
+        self.topic = topic
+        self._create_partitions = partitions
+        self._key_of = key_of
+        self._options = log_options
+        self.logs: dict[int, StateLog] = {}
+        self._creating: asyncio.Task[Topic] | None = None
+
+    @property
+    def count(self) -> int:
+        """Partitions of the topic (the configured count until it exists)."""
+        topic = self._topics.get(self.topic)
+        return topic.count if topic is not None else self._create_partitions
+
+    async def load(self, create: bool = True) -> dict[bytes, bytes]:
+        """Replay every partition owned here, creating the topic first if `create` (a
+        cluster creates it on the first FindCoordinator instead, as Kafka does, so its
+        partitions spread over the brokers up by then)."""
+        topic = self._topics.get(self.topic)
+        if topic is None:
+            if not create:
+                return {}
+            topic = await self.ensure()
+        state: dict[bytes, bytes] = {}
+        for index in sorted(topic.owned):
+            state.update(await self.load_partition(index))
+        return state
+
+    async def ensure(self) -> Topic:
+        """The topic, created if absent (one creation at a time on this broker)."""
+        topic = self._topics.get(self.topic)
+        if topic is not None:
+            return topic
+        if self._creating is None or self._creating.done():
+            self._creating = asyncio.ensure_future(ensure_internal_topic(
+                self._topics, self.topic, self._create_partitions))
+        return await asyncio.shield(self._creating)
+
+    async def load_partition(self, index: int) -> dict[bytes, bytes]:
+        """Replay one partition (at start, or when it is opened here later)."""
+        if index in self.logs:
+            return {}
+        one = StateLog(self._topics, topic=self.topic, index=index,
+                       **self._options)  # type: ignore[arg-type]
+        state = await one.load()
+        self.logs[index] = one
+        return state
+
+    def partition_for(self, key_id_: str) -> int:
+        return partition_for(key_id_, self.count)
+
+    def owns(self, key_id_: str) -> bool:
+        return self.partition_for(key_id_) in self.logs
+
+    def log_for(self, key_id_: str) -> StateLog:
+        one = self.logs.get(self.partition_for(key_id_))
+        if one is None:
+            raise NotCoordinator(f"the coordinator of {key_id_!r} is not on this broker")
+        return one
+
+    @property
+    def partition(self) -> Partition:
+        """The only partition (a single broker's one-partition topic; tests)."""
+        return next(iter(self.logs.values())).partition
+
+    async def write(self, entries: Sequence[tuple[bytes, bytes | None]]) -> None:
+        """Make `entries` durable, each in its id's partition (in order per partition)."""
+        by_log: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        for key, value in entries:
+            by_log.setdefault(self.partition_for(self._key_of(key)), []).append((key, value))
+        missing = [i for i in by_log if i not in self.logs]
+        if missing:
+            raise NotCoordinator(f"{self.topic} partitions {missing} are not on this broker")
+        if len(by_log) == 1:
+            (index, part), = by_log.items()
+            await self.logs[index].write(part)
+            return
+        await asyncio.gather(*(self.logs[i].write(part) for i, part in by_log.items()))
+
+    async def compact(self) -> None:
+        for one in self.logs.values():
+            await one.compact()

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from tidelog.coordinator.offsets import CommitEntry, OffsetStore
-from tidelog.coordinator.state_log import StateLog
+from tidelog.coordinator.state_log import StateLogs
 from tidelog.coordinator.ticker import Ticker
 from tidelog.coordinator.transactions_state import (
     IDLE,
@@ -53,6 +53,7 @@ class TxnConfig:
     max_timeout_ms: int = 900_000  # transaction.max.timeout.ms
     id_expiration_ms: int = 7 * 24 * 3600 * 1000  # transactional.id.expiration.ms
     check_interval: float = 1.0  # how often `tick` runs (seconds)
+    partitions: int = 1  # transaction.state.log.num.partitions (when the topic is created)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +71,7 @@ class TransactionCoordinator:
         self.offsets = offsets
         self.config = config or TxnConfig()
         self.clock = clock
-        self.log = StateLog(topics, topic=TOPIC)
+        self.log = StateLogs(topics, topic=TOPIC, partitions=self.config.partitions)
         self._txns: dict[str, TxnMetadata] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._pid_lock = asyncio.Lock()
@@ -83,9 +84,22 @@ class TransactionCoordinator:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, create: bool = True) -> None:
         """Replay `__transaction_state`, finish transactions left in PrepareX, start ticking."""
-        state = await self.log.load()
+        self._restore(await self.log.load(create))
+        await self._finish_prepared()
+        self._ticker.start()
+
+    async def opened(self, topic: str, index: int) -> None:
+        """A partition of `__transaction_state` was opened here after the start."""
+        if topic == self.log.topic:
+            self._restore(await self.log.load_partition(index))
+            await self._finish_prepared()
+
+    def owns(self, transactional_id: str) -> bool:
+        return self.log.owns(transactional_id)
+
+    def _restore(self, state: dict[bytes, bytes]) -> None:
         for key, value in state.items():
             if not key.startswith(PREFIX):
                 continue
@@ -96,8 +110,6 @@ class TransactionCoordinator:
                 continue
             self._txns[m.transactional_id] = m
         log.info("restored %d transactional ids", len(self._txns))
-        await self._finish_prepared()
-        self._ticker.start()
 
     async def stop(self) -> None:
         await self._ticker.stop()
@@ -321,7 +333,7 @@ class TransactionCoordinator:
     async def _complete(self, m: TxnMetadata) -> None:
         """Write the markers (and, on commit, the pending offsets), then CompleteX."""
         commit = m.state is TxnState.PREPARE_COMMIT
-        coordinator_epoch = self.log.partition.leader_epoch
+        coordinator_epoch = self.log.log_for(m.transactional_id).partition.leader_epoch
         jobs = []
         for topic, index in sorted(m.partitions):
             p = self.topics.partition(topic, index)

@@ -26,6 +26,10 @@ class MetadataError(Exception):
     pass
 
 
+class LeaseLost(MetadataError):
+    """The lease is unknown or expired (its keys are gone)."""
+
+
 class Fenced(MetadataError):
     """A compare failed: somebody else wrote the key (stale version / epoch)."""
 
@@ -131,7 +135,7 @@ class MetadataStore(ABC):
 
     @abstractmethod
     async def keep_alive(self, lease: int) -> None:
-        """Renew `lease`; raises `MetadataError` if it already expired."""
+        """Renew `lease`; raises `LeaseLost` if it already expired (or was revoked)."""
 
     @abstractmethod
     async def revoke_lease(self, lease: int) -> None:
@@ -183,3 +187,10 @@ def validate_txn(txn: Txn) -> None:
     if size > MAX_TXN_BYTES:
         raise ValueError(f"a txn writing {size} bytes is over the limit of {MAX_TXN_BYTES}")
 
+
+
+async def close_watch(events: AsyncIterator[WatchEvent]) -> None:
+    """Stop a watch (its reader task and queue) that the caller no longer reads."""
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        await aclose()

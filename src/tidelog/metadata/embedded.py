@@ -30,6 +30,7 @@ from typing import TypeVar
 from tidelog.metadata.base import (
     Entry,
     Fenced,
+    LeaseLost,
     Listing,
     MetadataError,
     MetadataStore,
@@ -229,7 +230,7 @@ class EmbeddedMetadataStore(MetadataStore):
                     raise Fenced("; ".join(f"{k!r}: expected version {e}, found {a}"
                                            for k, e, a in failed), [k for k, _, _ in failed])
                 if lease and puts and not _lease_alive(conn, lease):
-                    raise MetadataError(f"lease {lease} is unknown or expired")
+                    raise LeaseLost(f"lease {lease} is unknown or expired")
                 gone = [k for k in deletes if _exists(conn, k)]
                 if not puts and not gone:
                     return _revision(conn), []
@@ -291,7 +292,7 @@ class EmbeddedMetadataStore(MetadataStore):
                     (now, lease, now),
                 )
                 if cur.rowcount != 1:
-                    raise MetadataError(f"lease {lease} is unknown or expired")
+                    raise LeaseLost(f"lease {lease} is unknown or expired")
             return None, []
 
         await self._call(op)

@@ -27,6 +27,7 @@ from tidelog.metadata import postgres_schema as sql
 from tidelog.metadata.base import (
     Entry,
     Fenced,
+    LeaseLost,
     Listing,
     MetadataError,
     MetadataStore,
@@ -143,7 +144,7 @@ class PostgresMetadataStore(MetadataStore):
                 txid, *args, self._skew()))
         except asyncpg.PostgresError as exc:
             if getattr(exc, "sqlstate", None) == "TL001":
-                raise MetadataError(f"lease {txn.lease} is unknown or expired") from None
+                raise LeaseLost(f"lease {txn.lease} is unknown or expired") from None
             raise
         revision, failed = int(row[0]), list(row[1])
         self._saw(revision)
@@ -176,7 +177,7 @@ class PostgresMetadataStore(MetadataStore):
     async def keep_alive(self, lease: int) -> None:
         status = await self._run(lambda c: c.execute(sql.KEEP_ALIVE, lease, self._skew()))
         if status != "UPDATE 1":
-            raise MetadataError(f"lease {lease} is unknown or expired")
+            raise LeaseLost(f"lease {lease} is unknown or expired")
 
     async def revoke_lease(self, lease: int) -> None:
         """Revoking an unknown or already expired lease is a no-op (its keys are gone)."""

@@ -36,7 +36,7 @@ def topic_traffic(traffic: Traffic) -> Iterator[Metric]:
 
 def _partitions(topics: TopicManager) -> list[tuple[str, Partition]]:
     return [(name, p) for name, t in sorted(dict(topics.topics).items())
-            for p in list(t.partitions)]
+            for _, p in sorted(t.owned.items())]
 
 
 def partitions(topics: TopicManager, engine: StreamEngine) -> Iterator[Metric]:

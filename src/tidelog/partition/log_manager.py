@@ -78,7 +78,7 @@ class LogManager:
             if topic.internal:
                 continue
             cfg = self.topics.topic_config(topic)
-            for p in list(topic.partitions):
+            for p in list(topic.owned.values()):
                 if p.stream.stream_id in self.topics.engine.streams:
                     removed += await enforce_retention(p, cfg, now_ms)
         self.offsets_deleted += removed
@@ -93,7 +93,7 @@ class LogManager:
         compacted = [(p, cfg) for topic in list(self.topics.topics.values())
                      if not topic.internal
                      and "compact" in (cfg := self.topics.topic_config(topic)).cleanup_policy
-                     for p in list(topic.partitions) if p.stream.stream_id in live]
+                     for p in list(topic.owned.values()) if p.stream.stream_id in live]
         if any(_segment_due(engine.unuploaded(p.stream.stream_id), cfg, now_ms)
                for p, cfg in compacted):
             self.rolls += 1

@@ -139,6 +139,9 @@ class Partition:
         self._snap_bytes = 0
         self._snap_time = time.monotonic()
         self._snap_task: asyncio.Task[None] | None = None
+        self._snap_as_of: int | None = None
+        """The offset the stored snapshot (or an empty log) reflects: an unchanged state
+        at the same offset is not written again (partitions nobody produced to since)."""
 
     @property
     def high_watermark(self) -> int:
@@ -284,6 +287,8 @@ class Partition:
         state.expire(int(time.time() * 1000), self.producer_expiration_ms)
         state.trim(self.log_start_offset)
         as_of = self.stream.next_offset
+        if not state.changed and as_of == self._snap_as_of:
+            return
         data = state.dumps(as_of)
         state.changed = False
         self._snap_bytes, self._snap_time = 0, time.monotonic()
@@ -293,6 +298,7 @@ class Partition:
             await self.wait_for_data()
         if not self.stream.closed:
             await self.meta.put(f"{PRODUCERS}{self.stream.stream_id}", data)
+            self._snap_as_of = as_of
 
     async def restore_producers(self) -> None:
         """Rebuild the producer state: the snapshot, then the batch headers after it."""
@@ -310,7 +316,9 @@ class Partition:
         end = self.high_watermark
         await self._replay(state, start, end)
         self.producers = state
-        if end > start or entry is None:
+        if end == start:  # nothing after the snapshot (or an empty log): it stands
+            self._snap_as_of = self.stream.next_offset
+        else:
             await self.snapshot_producers()
 
     async def _replay(self, state: ProducerState, start: int, end: int) -> None:

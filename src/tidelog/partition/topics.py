@@ -3,20 +3,27 @@ the broker's dynamic configs under `/configs/brokers/<node id | default>`.
 
 Every change of a topic's record (configs, partitions) is a compare-and-set on its
 version, so two brokers (or two admin requests) never lose each other's update.
+
+Two views: the *catalog* (every topic of the cluster: name, id, streams, configs) and the
+*owned* partitions (a `Partition` for each stream open on this broker). On one broker they
+coincide. In cluster mode the catalog follows `/topics/` and the stream records
+(`/streams/`: owner and epoch, Kafka's leader and leader epoch) through watches, and a
+stream placed on this broker is opened when its record appears.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tidelog.metadata.base import Fenced, MetadataStore
+from tidelog.metadata.base import Fenced, MetadataError, MetadataStore, WatchEvent, close_watch
 from tidelog.partition.partition import DEFAULT_CONFIG, PRODUCERS, Partition
 from tidelog.partition.topic_config import (
     InvalidConfig,
@@ -26,7 +33,8 @@ from tidelog.partition.topic_config import (
     validate,
     validate_broker,
 )
-from tidelog.stream.engine import StreamEngine
+from tidelog.stream.engine import STREAMS, StreamEngine, decode_stream
+from tidelog.stream.objects import meta_key
 from tidelog.stream.stream import Stream
 
 log = logging.getLogger(__name__)
@@ -35,6 +43,7 @@ BROKER_CONFIGS = "/configs/brokers/"
 DEFAULT_SCOPE = "default"
 LEGAL_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 MAX_PARTITIONS = 100_000
+INTERNAL = frozenset({"__consumer_offsets", "__transaction_state"})
 
 
 class TopicError(Exception):
@@ -45,16 +54,28 @@ class TopicError(Exception):
         self.code = code
 
 
+Placer = Callable[[int], Awaitable[list[int]]]
+"""Cluster mode: owners (node ids) for that many new partitions."""
+
+
 @dataclass(slots=True)
 class Topic:
     name: str
     topic_id: uuid.UUID
-    partitions: list[Partition]
+    streams: list[int]
+    """Stream id of each partition (the catalog: the same on every broker)."""
+    owned: dict[int, Partition] = field(default_factory=dict)
+    """The partitions open on this broker, by index (all of them on a single broker)."""
     configs: dict[str, str] = field(default_factory=dict)
     """The topic's overrides, as set (names and strings)."""
     internal: bool = False
     resolved: TopicConfig = DEFAULT_CONFIG
     """The typed view of `configs` over the broker's configs."""
+
+    @property
+    def count(self) -> int:
+        """Partitions of the topic, wherever they are owned."""
+        return len(self.streams)
 
 
 def validate_name(name: str) -> None:
@@ -83,9 +104,23 @@ def _lenient(configs: Mapping[str, str], broker: Mapping[str, str]) -> TopicConf
 class TopicManager:
     def __init__(self, engine: StreamEngine, meta: MetadataStore,
                  producer_expiration_ms: int = 86_400_000,
-                 broker_configs: Mapping[str, str] | None = None) -> None:
+                 broker_configs: Mapping[str, str] | None = None,
+                 placer: Placer | None = None) -> None:
         self.engine = engine
         self.meta = meta
+        self.placer = placer
+        """Set in cluster mode: where new partitions go."""
+        self.cluster = engine.cluster
+        self.streams: dict[int, tuple[int, int]] = {}
+        """Cluster mode: stream id -> (owner node, epoch), from `/streams/`."""
+        self._of_stream: dict[int, tuple[str, int]] = {}
+        """stream id -> (topic, partition index)."""
+        self._stream_changed = asyncio.Event()
+        self._followers: list[asyncio.Task[None]] = []
+        self._opening: set[int] = set()
+        self.open_listeners: list[Callable[[str, int], Awaitable[None]]] = []
+        """Called with (topic, index) when a partition is opened here after the start
+        (the coordinators load the state-log partitions they gain)."""
         self.producer_expiration_ms = producer_expiration_ms
         self.topics: dict[str, Topic] = {}
         self.by_id: dict[uuid.UUID, Topic] = {}
@@ -110,7 +145,7 @@ class TopicManager:
 
     def _apply_configs(self, topic: Topic) -> None:
         topic.resolved = _lenient(topic.configs, self.broker_configs)
-        for p in topic.partitions:
+        for p in topic.owned.values():
             p.config = topic.resolved
 
     async def load(self) -> None:
@@ -120,22 +155,215 @@ class TopicManager:
                 self.dynamic_configs[scope] = json.loads(entry.value)["configs"]
                 self._dynamic_versions[scope] = entry.version
         self.defaults = _lenient({}, self.broker_configs)
-        owned: set[int] = set()
-        for e in await self.meta.list(TOPICS):
+        named: set[int] = set()
+        topics = await self.meta.list_all(TOPICS)
+        if self.cluster:
+            streams = await self.meta.list_all(STREAMS)
+            for e in streams:
+                m = decode_stream(e.key, e.value, e.version)
+                self.streams[m.stream_id] = (m.owner, m.epoch)
+        for e in topics:
             rec = json.loads(e.value)
             name = e.key[len(TOPICS):]
-            owned.update(rec["streams"])
-            parts = []
-            for i, sid in enumerate(rec["streams"]):
-                stream = self.engine.streams.get(sid)
-                if stream is None:
-                    log.error("topic %s partition %d: stream %d is missing", name, i, sid)
-                    break
-                parts.append(self._partition(name, i, stream))
-            else:
-                self._add(Topic(name, uuid.UUID(rec["id"]), parts, rec.get("configs", {})))
-        await self._delete_unowned(owned)
+            named.update(rec["streams"])
+            if not self.cluster and any(sid not in self.engine.streams
+                                        for sid in rec["streams"]):
+                missing = [sid for sid in rec["streams"] if sid not in self.engine.streams]
+                log.error("topic %s: streams %s are missing", name, missing)
+                continue
+            self._add(self._topic(name, rec))
+        if not self.cluster:
+            await self._delete_unowned(named)
         await self.restore_producers()
+        if self.cluster:
+            loop = asyncio.get_running_loop()
+            self._followers = [
+                loop.create_task(self._follow(TOPICS, topics.revision, self._on_topic),
+                                 name="topic-catalog"),
+                loop.create_task(self._follow(STREAMS, streams.revision, self._on_stream),
+                                 name="stream-owners"),
+                loop.create_task(self._follow(BROKER_CONFIGS, topics.revision,
+                                              self._on_broker_configs),
+                                 name="broker-configs"),
+            ]
+            for sid, (owner, _epoch) in list(self.streams.items()):
+                if owner == self.engine.node_id and sid not in self.engine.streams:
+                    await self._open(sid)  # placed here while this broker was down
+
+    def _topic(self, name: str, rec: dict[str, Any]) -> Topic:
+        """A catalog entry with a `Partition` for each of its streams open here."""
+        topic = Topic(name, uuid.UUID(rec["id"]), list(rec["streams"]),
+                      configs=rec.get("configs", {}))
+        for i, sid in enumerate(topic.streams):
+            self._of_stream[sid] = (name, i)
+            stream = self.engine.streams.get(sid)
+            if stream is not None:
+                topic.owned[i] = self._partition(name, i, stream)
+        return topic
+
+    async def stop(self) -> None:
+        for task in self._followers:
+            task.cancel()
+        for task in self._followers:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._followers = []
+
+    # ---- cluster mode: following the catalog --------------------------------------------
+
+    async def _follow(self, prefix: str, revision: int,
+                      apply: Callable[[WatchEvent], Awaitable[None]]) -> None:
+        while True:
+            events = self.meta.watch(prefix, revision)
+            try:
+                async for event in events:
+                    revision = max(revision, event.version)
+                    if event.resync:
+                        for e in await self.meta.list_all(prefix):
+                            await apply(WatchEvent(e.key, e.value, e.version))
+                        continue
+                    try:
+                        await apply(event)
+                    except Exception:
+                        log.exception("applying %s failed", event.key)
+                return
+            except asyncio.CancelledError:
+                raise
+            except MetadataError as exc:
+                log.warning("watch of %s failed (resuming): %s", prefix, exc)
+                await asyncio.sleep(1.0)
+            finally:
+                await close_watch(events)
+
+    async def _on_topic(self, event: WatchEvent) -> None:
+        name = event.key[len(TOPICS):]
+        old = self.topics.get(name)
+        if event.value is None:
+            if old is not None:
+                self._remove(old)
+            return
+        rec = json.loads(event.value)
+        if old is None or str(old.topic_id) != rec["id"]:
+            if old is not None:
+                self._remove(old)
+            topic = self._topic(name, rec)
+            self._add(topic)
+            log.info("topic %s (%d partitions) created on another broker", name,
+                     len(rec["streams"]))
+            for index, p in sorted(topic.owned.items()):  # opened before the record came
+                await p.restore_producers()
+                await self._opened(name, index)
+            return
+        for i, sid in enumerate(rec["streams"][old.count:], start=old.count):
+            old.streams.append(sid)
+            self._of_stream[sid] = (name, i)
+            stream = self.engine.streams.get(sid)
+            if stream is not None and i not in old.owned:
+                old.owned[i] = self._partition(name, i, stream)
+        if rec.get("configs", {}) != old.configs:
+            old.configs = rec.get("configs", {})
+            self._apply_configs(old)
+
+    def _remove(self, topic: Topic) -> None:
+        if self.topics.get(topic.name) is topic:
+            del self.topics[topic.name]
+        self.by_id.pop(topic.topic_id, None)
+        for sid in topic.streams:
+            self._of_stream.pop(sid, None)
+
+    async def _on_stream(self, event: WatchEvent) -> None:
+        sid = int(event.key[len(STREAMS):])
+        if event.value is None:
+            self.streams.pop(sid, None)
+            self._stream_changed.set()
+            if sid in self.engine.streams:
+                await self.engine.forget_stream(sid)
+                where = self._of_stream.get(sid)
+                topic = self.topics.get(where[0]) if where else None
+                if topic is not None and where is not None:
+                    topic.owned.pop(where[1], None)
+            return
+        m = decode_stream(event.key, event.value, event.version)
+        self.streams[sid] = (m.owner, m.epoch)
+        self._stream_changed.set()
+        if m.owner == self.engine.node_id and sid not in self.engine.streams:
+            await self._open(sid)
+
+    async def _open(self, sid: int) -> None:
+        """Open a stream placed on this broker and serve its partition."""
+        if sid in self._opening:
+            return
+        self._opening.add(sid)
+        try:
+            stream = await self.engine.open_stream(sid)
+        finally:
+            self._opening.discard(sid)
+        if stream is None:
+            return
+        self.streams[sid] = (self.engine.node_id, stream.epoch)
+        self._stream_changed.set()
+        where = self._of_stream.get(sid)
+        topic = self.topics.get(where[0]) if where else None
+        if topic is not None and where is not None and where[1] not in topic.owned:
+            p = self._partition(topic.name, where[1], stream)
+            p.config = topic.resolved
+            await p.restore_producers()
+            topic.owned[where[1]] = p
+        log.info("opened stream %d (epoch %d)%s", sid, stream.epoch,
+                 f" for {where[0]}-{where[1]}" if where else "")
+        if topic is not None and where is not None:
+            await self._opened(topic.name, where[1])
+
+    async def _opened(self, name: str, index: int) -> None:
+        for listener in self.open_listeners:
+            try:
+                await listener(name, index)
+            except Exception:
+                log.exception("loading %s-%d after its open failed", name, index)
+
+    async def _on_broker_configs(self, event: WatchEvent) -> None:
+        scope = event.key[len(BROKER_CONFIGS):]
+        if scope not in (DEFAULT_SCOPE, self.node_id):
+            return
+        configs = {} if event.value is None else json.loads(event.value)["configs"]
+        if event.value is not None and self._dynamic_versions.get(scope, 0) >= event.version:
+            return
+        self.dynamic_configs[scope] = configs
+        self._dynamic_versions[scope] = 0 if event.value is None else event.version
+        self.defaults = _lenient({}, self.broker_configs)
+        for topic in self.topics.values():
+            self._apply_configs(topic)
+
+    def leader(self, topic: Topic, index: int) -> tuple[int, int]:
+        """(leader node, leader epoch) of a partition; node -1 while it has no open owner."""
+        p = topic.owned.get(index)
+        if p is not None:
+            return self.engine.node_id, p.leader_epoch
+        if not self.cluster or index >= topic.count:
+            return -1, -1
+        owner, epoch = self.streams.get(topic.streams[index], (-1, 0))
+        return (owner, epoch) if epoch > 0 else (-1, -1)
+
+    def owned_by(self) -> dict[int, int]:
+        """Partitions per owner node (placement balances on it)."""
+        out: dict[int, int] = {}
+        for owner, _epoch in self.streams.values():
+            out[owner] = out.get(owner, 0) + 1
+        return out
+
+    async def wait_opened(self, stream_ids: list[int], timeout: float = 10.0) -> bool:
+        """Wait until each stream has been opened by its owner (so a client told of the
+        new partitions finds their leaders serving); False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not all(self.streams.get(sid, (-1, 0))[1] > 0 for sid in stream_ids):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            self._stream_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stream_changed.wait(), remaining)
+        return True
 
     async def _delete_unowned(self, owned: set[int]) -> None:
         """Streams no topic names: a create (streams first, then the topic record) or a
@@ -151,13 +379,13 @@ class TopicManager:
     async def restore_producers(self) -> None:
         """Rebuild every partition's producer state (snapshot + header scan)."""
         for topic in self.topics.values():
-            for p in topic.partitions:
+            for p in topic.owned.values():
                 await p.restore_producers()
 
     async def snapshot_producers(self) -> None:
         """Snapshot every partition's producer state (clean shutdown: faster restart)."""
         for topic in self.topics.values():
-            for p in topic.partitions:
+            for p in topic.owned.values():
                 await p.snapshot_producers()
 
     def _partition(self, name: str, index: int, stream: Stream) -> Partition:
@@ -165,18 +393,50 @@ class TopicManager:
                          self.producer_expiration_ms)
 
     def _add(self, topic: Topic) -> None:
+        topic.internal = topic.internal or topic.name in INTERNAL
         self._apply_configs(topic)
         self.topics[topic.name] = topic
         self.by_id[topic.topic_id] = topic
+        self._stream_changed.set()
+
+    async def wait_topic(self, name: str, timeout: float = 10.0) -> Topic:
+        """A topic another broker is creating, once the catalog has it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (topic := self.topics.get(name)) is None:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TopicError("unknown_topic_or_partition",
+                                 f"topic {name!r} did not appear within {timeout}s")
+            self._stream_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stream_changed.wait(), remaining)
+        return topic
 
     def get(self, name: str) -> Topic | None:
         return self.topics.get(name)
 
     def partition(self, name: str, index: int) -> Partition | None:
+        """The partition if this broker owns it (None: unknown, or owned elsewhere; tell
+        them apart with `get` and `Topic.count`)."""
         t = self.topics.get(name)
-        if t is None or not 0 <= index < len(t.partitions):
-            return None
-        return t.partitions[index]
+        return None if t is None else t.owned.get(index)
+
+    def exists(self, name: str, index: int) -> bool:
+        """The partition exists in the cluster (owned here or not)."""
+        t = self.topics.get(name)
+        return t is not None and 0 <= index < t.count
+
+    def missing(self, name: str, index: int) -> str:
+        """The error for a request about a partition not owned here: Kafka's
+        NOT_LEADER_OR_FOLLOWER when it exists elsewhere (the client refreshes metadata and
+        follows its leader), else UNKNOWN_TOPIC_OR_PARTITION."""
+        return "not_leader_or_follower" if self.exists(name, index) else \
+            "unknown_topic_or_partition"
+
+    def partitions(self) -> list[Partition]:
+        """Every partition open on this broker."""
+        return [p for t in self.topics.values() for p in t.owned.values()]
 
     async def create(
         self, name: str, num_partitions: int, configs: dict[str, str] | None = None,
@@ -191,31 +451,58 @@ class TopicManager:
         resolved = self._validate(cfg)
         topic_id = uuid.uuid4()
         if validate_only:
-            return Topic(name, topic_id, [], cfg, resolved=resolved)
-        streams = [await self.engine.create_stream() for _ in range(num_partitions)]
-        rec = {"id": str(topic_id), "streams": [s.stream_id for s in streams], "configs": cfg}
+            return Topic(name, topic_id, [], configs=cfg, resolved=resolved)
+        sids = await self._new_streams(num_partitions)
+        rec = {"id": str(topic_id), "streams": sids, "configs": cfg}
         try:
             await self.meta.put_if(TOPICS + name, json.dumps(rec).encode(), 0)
         except Fenced:
-            for s in streams:
-                await self.engine.delete_stream(s.stream_id)
+            await self._drop_streams(sids)
             raise TopicError("topic_already_exists", f"topic {name!r} already exists") from None
-        topic = Topic(name, topic_id, [self._partition(name, i, s)
-                                       for i, s in enumerate(streams)], cfg)
-        self._add(topic)
+        topic = self.topics.get(name)
+        if topic is None or topic.topic_id != topic_id:  # the watch may have been first
+            topic = self._topic(name, rec)
+            self._add(topic)
         log.info("created topic %s with %d partitions", name, num_partitions)
+        await self._serve_new(sids)
         return topic
+
+    async def _new_streams(self, count: int) -> list[int]:
+        """Streams for new partitions: opened here on a single broker; on a cluster placed
+        by the placer (the owners open them; ours are opened at once)."""
+        if self.placer is None:
+            return [s.stream_id for s in await self.engine.create_streams(count)]
+        owners = await self.placer(count)
+        sids = await self.engine.create_stream_records(owners)
+        for sid, owner in zip(sids, owners, strict=True):
+            self.streams[sid] = (owner, 0)
+        return sids
+
+    async def _serve_new(self, sids: list[int]) -> None:
+        if self.placer is None:
+            return
+        for sid in sids:
+            if self.streams.get(sid, (-1, 0))[0] == self.engine.node_id:
+                await self._open(sid)
+        if not await self.wait_opened(sids):
+            log.warning("streams %s not opened by their owners yet", sids)
+
+    async def _drop_streams(self, sids: list[int]) -> None:
+        for sid in sids:
+            if sid in self.engine.streams:
+                await self.engine.delete_stream(sid)
+            else:
+                await self.meta.delete(meta_key(STREAMS, sid))
+            self.streams.pop(sid, None)
+            await self.meta.delete(f"{PRODUCERS}{sid}")
 
     async def delete(self, name: str) -> Topic:
         topic = self.topics.get(name)
         if topic is None:
             raise TopicError("unknown_topic_or_partition", f"topic {name!r} does not exist")
         await self.meta.delete(TOPICS + name)
-        del self.topics[name]
-        self.by_id.pop(topic.topic_id, None)
-        for p in topic.partitions:
-            await self.engine.delete_stream(p.stream.stream_id)
-            await self.meta.delete(f"{PRODUCERS}{p.stream.stream_id}")
+        self._remove(topic)
+        await self._drop_streams(topic.streams)
         log.info("deleted topic %s", name)
         return topic
 
@@ -274,7 +561,7 @@ class TopicManager:
         """Grow the topic to `new_total` partitions (CreatePartitions)."""
         async with self._admin:
             topic = self._existing(name)
-            current = len(topic.partitions)
+            current = topic.count
             if new_total < current:
                 raise TopicError("invalid_partitions", f"topic currently has {current} "
                                  f"partitions, which is higher than the requested {new_total}")
@@ -285,24 +572,29 @@ class TopicManager:
                                  f"{new_total} partitions exceed the limit of {MAX_PARTITIONS}")
             if validate_only:
                 return topic
-            streams = [await self.engine.create_stream() for _ in range(new_total - current)]
+            sids = await self._new_streams(new_total - current)
 
             def grow(rec: dict[str, Any]) -> None:
                 if len(rec["streams"]) != current:
                     raise TopicError("invalid_partitions", f"topic {name!r} changed meanwhile")
-                rec["streams"] = rec["streams"] + [s.stream_id for s in streams]
+                rec["streams"] = rec["streams"] + sids
 
             try:
                 await self._update(name, grow)
             except BaseException:
-                for s in streams:
-                    await self.engine.delete_stream(s.stream_id)
+                await self._drop_streams(sids)
                 raise
-            for i, s in enumerate(streams, start=current):
-                p = self._partition(name, i, s)
-                p.config = topic.resolved
-                topic.partitions.append(p)
+            for i, sid in enumerate(sids, start=current):
+                if topic.count <= i:  # the watch may have added it already
+                    topic.streams.append(sid)
+                self._of_stream[sid] = (name, i)
+                stream = self.engine.streams.get(sid)
+                if stream is not None and i not in topic.owned:
+                    p = self._partition(name, i, stream)
+                    p.config = topic.resolved
+                    topic.owned[i] = p
             log.info("topic %s: %d -> %d partitions", name, current, new_total)
+            await self._serve_new(sids)
             return topic
 
     def dynamic_scope(self, resource_name: str) -> str:

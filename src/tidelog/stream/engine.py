@@ -7,8 +7,14 @@ object of their own), PUTs it, commits `{object, blocks}` and the new stream end
 metadata in one transaction (compared against each stream's version: fencing), and only
 then trims the WAL. Read path: log cache -> block cache -> range GET.
 
-Metadata keys: `/streams/<id>` (epoch, start and uploaded end offsets) and
+Metadata keys: `/streams/<id>` (epoch, start and uploaded end offsets, owner) and
 `/objects/<id>` (object key, size, block index).
+
+Cluster mode (`cluster=True`): the engine opens only the streams placed on its node, each
+with epoch + 1; a failed upload compare fences the streams it names, not the engine; the
+object index follows `/objects/` (other brokers' uploads, the controller's compaction);
+garbage collection and object compaction run only while `cluster_jobs` is set (the
+controller) and decide liveness from metadata, never from the streams open here.
 """
 
 from __future__ import annotations
@@ -22,14 +28,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from tidelog.metadata.base import Fenced, MetadataStore, Txn
+from tidelog.metadata.base import MAX_TXN_OPS, Fenced, MetadataStore, Txn, close_watch
 from tidelog.objectstore.base import ObjectStore
 from tidelog.stream.block_cache import BlockCache
 from tidelog.stream.log_cache import CacheEntry, LogCache
 from tidelog.stream.object_compaction import CompactionConfig, compact_objects
 from tidelog.stream.object_format import BlockIndex, ObjectBuilder, Record
 from tidelog.stream.object_index import ObjectIndex
-from tidelog.stream.objects import ObjectCatalog, meta_key, object_kind
+from tidelog.stream.objects import OBJECTS, ObjectCatalog, meta_key, object_kind
 from tidelog.stream.stream import Stream, StreamMeta
 from tidelog.stream.wal.base import WAL, Histogram
 
@@ -65,6 +71,21 @@ class EngineConfig:
     compaction_interval: float = 60.0
     """Seconds between object compaction rounds (0: never)."""
     compaction: CompactionConfig = field(default_factory=CompactionConfig)
+    gc_interval: float = 30.0
+    """Cluster mode: seconds between garbage rounds (each lists objects and streams)."""
+
+
+def decode_stream(key: str, value: bytes, version: int) -> StreamMeta:
+    v = json.loads(value)
+    return StreamMeta(int(key[len(STREAMS):]), v["epoch"], v["start"], v["end"],
+                      v.get("owner", -1), version)
+
+
+def encode_stream(m: StreamMeta) -> bytes:
+    rec = {"epoch": m.epoch, "start": m.start_offset, "end": m.end_offset}
+    if m.owner >= 0:
+        rec["owner"] = m.owner
+    return json.dumps(rec).encode()
 
 
 class StreamEngine:
@@ -77,8 +98,19 @@ class StreamEngine:
         describe: Describe | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        *,
+        node_id: int = 0,
+        cluster: bool = False,
     ) -> None:
         self.wal = wal
+        self.node_id = node_id
+        self.cluster = cluster
+        self.cluster_jobs = not cluster
+        """Run garbage collection and object compaction (cluster: only the controller)."""
+        self.ack_deadline: float | None = None
+        """Monotonic time after which no append may be acknowledged (the broker's lease
+        may have expired by then); None: no lease (the embedded single broker)."""
+        self.fenced_streams = 0
         self.store = store
         self.meta = meta
         self.config = config or EngineConfig()
@@ -93,6 +125,8 @@ class StreamEngine:
         self._upload_now = asyncio.Event()
         self._uploader: asyncio.Task[None] | None = None
         self._compactor: asyncio.Task[None] | None = None
+        self._follower: asyncio.Task[None] | None = None
+        self._next_gc = 0.0
         self._upload_lock = asyncio.Lock()
         self._failed: str | None = None
         self._inflight = 0  # bytes reserved by appends the WAL has not completed yet
@@ -111,21 +145,19 @@ class StreamEngine:
     # ---- lifecycle ------------------------------------------------------------------
 
     async def start(self, wal_epoch: int) -> None:
-        """Open the WAL, load streams and objects from metadata, replay the WAL's tail."""
+        """Open the WAL, load objects, take this node's streams (epoch + 1) and replay the
+        WAL's tail into the log cache."""
         await self.wal.open(wal_epoch)
-        await self.catalog.load()
-        metas: dict[int, StreamMeta] = {}
-        txn = Txn()
-        for e in await self.meta.list(STREAMS):
-            v = json.loads(e.value)
-            m = StreamMeta(int(e.key[len(STREAMS):]), v["epoch"] + 1, v["start"], v["end"])
-            metas[m.stream_id] = m
-            txn.compares.append((e.key, e.version))
-            txn.puts.append((e.key, self._encode_meta(m)))
-        if txn.puts:  # take ownership: every stream's epoch bumps once, in one commit
-            rev = await self.meta.commit(txn)
-            for m in metas.values():
-                m.version = rev
+        listing = await self.meta.list_all(OBJECTS)
+        self.catalog.load_objects(listing)
+        await self.catalog.load_garbage()
+        if self.cluster:
+            self._follower = asyncio.create_task(self._follow_objects(listing.revision),
+                                                 name="object-index")
+        mine = [m for m in [decode_stream(e.key, e.value, e.version)
+                            for e in await self.meta.list_all(STREAMS)]
+                if not self.cluster or m.owner == self.node_id]
+        metas = {m.stream_id: m for m in await self._take(mine)}
         next_offsets = {sid: m.end_offset for sid, m in metas.items()}
         replayed = 0
         for rec in self.wal.recover():
@@ -145,6 +177,54 @@ class StreamEngine:
         if self.config.compaction_interval > 0:
             self._compactor = asyncio.create_task(self._compaction_loop(), name="compactor")
 
+    async def _take(self, metas: list[StreamMeta]) -> list[StreamMeta]:
+        """Ownership: bump each stream's epoch (owner = this node), compared against the
+        version read, in commits of at most `MAX_TXN_OPS`. A stream that changed meanwhile
+        (another broker's write) is left out."""
+        taken: list[StreamMeta] = []
+        chunk = MAX_TXN_OPS // 2
+        for i in range(0, len(metas), chunk):
+            part = metas[i:i + chunk]
+            while part:
+                txn = Txn()
+                for m in part:
+                    new = StreamMeta(m.stream_id, m.epoch + 1, m.start_offset, m.end_offset,
+                                     self.node_id)
+                    txn.compares.append((meta_key(STREAMS, m.stream_id), m.version))
+                    txn.puts.append((meta_key(STREAMS, m.stream_id), encode_stream(new)))
+                try:
+                    rev = await self.meta.commit(txn)
+                except Fenced as exc:
+                    lost = set(exc.keys)
+                    log.warning("%d streams changed while being opened; left out", len(lost))
+                    part = [m for m in part if meta_key(STREAMS, m.stream_id) not in lost]
+                    continue
+                for m in part:
+                    m.epoch += 1
+                    m.owner = self.node_id
+                    m.version = rev
+                taken.extend(part)
+                break
+        return taken
+
+    async def open_stream(self, stream_id: int) -> Stream | None:
+        """Open a stream placed on this node after the start (a new partition): epoch + 1.
+        None when its record is gone or names another owner."""
+        if stream_id in self.streams:
+            return self.streams[stream_id]
+        entry = await self.meta.get(meta_key(STREAMS, stream_id))
+        if entry is None:
+            return None
+        m = decode_stream(entry.key, entry.value, entry.version)
+        if self.cluster and m.owner != self.node_id:
+            return None
+        taken = await self._take([m])
+        if not taken or stream_id in self.streams:
+            return self.streams.get(stream_id)
+        s = Stream(self, taken[0], taken[0].end_offset)
+        self.streams[stream_id] = s
+        return s
+
     async def close(self, flush: bool = True) -> None:
         """Stop the uploader; with `flush`, upload what the cache holds first."""
         if self._compactor is not None:
@@ -152,11 +232,12 @@ class StreamEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._compactor
             self._compactor = None
-        if self._uploader is not None:
-            self._uploader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._uploader
-            self._uploader = None
+        for task in (self._uploader, self._follower):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._uploader = self._follower = None
         if flush and self._failed is None:
             try:
                 while await self._upload_some():
@@ -170,12 +251,42 @@ class StreamEngine:
     # ---- streams --------------------------------------------------------------------
 
     async def create_stream(self) -> Stream:
-        sid = await self.meta.next_id("stream")
-        m = StreamMeta(sid, 1, 0, 0)
-        m.version = await self.meta.put_if(meta_key(STREAMS, sid), self._encode_meta(m), 0)
-        s = Stream(self, m, 0)
-        self.streams[sid] = s
-        return s
+        """A new stream owned and opened here (the single broker; cluster placement uses
+        `create_stream_records` and the owner opens it)."""
+        return (await self.create_streams(1))[0]
+
+    async def create_streams(self, count: int) -> list[Stream]:
+        """`count` new streams owned and opened here, in two metadata calls (an id block
+        and one commit), however many."""
+        out: list[Stream] = []
+        ids = list(await self.meta.next_ids("stream", count))
+        chunk = MAX_TXN_OPS // 2
+        for i in range(0, len(ids), chunk):
+            metas = [StreamMeta(sid, 1, 0, 0, self.node_id) for sid in ids[i:i + chunk]]
+            txn = Txn()
+            for m in metas:
+                txn.compares.append((meta_key(STREAMS, m.stream_id), 0))
+                txn.puts.append((meta_key(STREAMS, m.stream_id), encode_stream(m)))
+            rev = await self.meta.commit(txn)
+            for m in metas:
+                m.version = rev
+                s = Stream(self, m, 0)
+                self.streams[m.stream_id] = s
+                out.append(s)
+        return out
+
+    async def create_stream_records(self, owners: list[int]) -> list[int]:
+        """New streams placed on `owners` (epoch 0: not opened yet), in one commit."""
+        ids = list(await self.meta.next_ids("stream", len(owners)))
+        chunk = MAX_TXN_OPS // 2
+        for i in range(0, len(ids), chunk):
+            txn = Txn()
+            for sid, owner in zip(ids[i:i + chunk], owners[i:i + chunk], strict=True):
+                key = meta_key(STREAMS, sid)
+                txn.compares.append((key, 0))
+                txn.puts.append((key, encode_stream(StreamMeta(sid, 0, 0, 0, owner))))
+            await self.meta.commit(txn)
+        return ids
 
     async def delete_stream(self, stream_id: int) -> None:
         # under the upload lock: an upload in flight commits against the stream's record
@@ -187,6 +298,16 @@ class StreamEngine:
             self.index.drop_stream(stream_id)
             await self.meta.delete(meta_key(STREAMS, stream_id))
 
+    async def forget_stream(self, stream_id: int) -> None:
+        """Stop serving a stream here whose record another broker deleted (its topic is
+        gone): what it still holds in the log cache goes too."""
+        async with self._upload_lock:
+            s = self.streams.pop(stream_id, None)
+            if s is not None:
+                s.close()
+            self.cache.drop_stream(stream_id)
+            self.index.drop_stream(stream_id)
+
     async def trim_stream(self, stream_id: int, new_start: int) -> None:
         """Offsets below `new_start` are gone (retention, compaction); objects holding only
         such offsets become garbage."""
@@ -196,14 +317,10 @@ class StreamEngine:
                 return
             m = s.meta
             new_start = min(new_start, s.confirm_offset)
-            new = StreamMeta(stream_id, m.epoch, new_start, m.end_offset)
+            new = StreamMeta(stream_id, m.epoch, new_start, m.end_offset, m.owner)
             m.version = await self.meta.put_if(meta_key(STREAMS, stream_id),
-                                               self._encode_meta(new), m.version)
+                                               encode_stream(new), m.version)
             m.start_offset = new_start
-
-    def _encode_meta(self, m: StreamMeta) -> bytes:
-        return json.dumps({"epoch": m.epoch, "start": m.start_offset,
-                           "end": m.end_offset}).encode()
 
     # ---- write path -----------------------------------------------------------------
 
@@ -262,6 +379,10 @@ class StreamEngine:
     def failed(self) -> str | None:
         return self._failed
 
+    def may_acknowledge(self) -> bool:
+        """False once the broker's lease may have expired (one clock read per append)."""
+        return self.ack_deadline is None or self._clock() < self.ack_deadline
+
     def appended(self) -> None:
         if self.cache.size >= self.config.upload_bytes:
             self._upload_now.set()
@@ -289,10 +410,8 @@ class StreamEngine:
                 await self._collect_garbage()
                 backoff = 0.1
                 self.appended()  # more than an upload's worth left: go again at once
-            except Fenced as exc:
-                self.fail(f"upload commit fenced: {exc}")
-                return
             except Exception as exc:  # keep the data in the WAL and try again
+                # (a Fenced commit closed the streams it named: the retry goes without them)
                 log.warning("upload failed (retrying in %.1fs): %r", backoff, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -331,11 +450,16 @@ class StreamEngine:
                 metas = []
                 for sid, es in by_stream.items():
                     m = self.streams[sid].meta
-                    new = StreamMeta(sid, m.epoch, m.start_offset, es[-1].last_offset + 1)
+                    new = StreamMeta(sid, m.epoch, m.start_offset, es[-1].last_offset + 1,
+                                     m.owner)
                     txn.compares.append((meta_key(STREAMS, sid), m.version))
-                    txn.puts.append((meta_key(STREAMS, sid), self._encode_meta(new)))
+                    txn.puts.append((meta_key(STREAMS, sid), encode_stream(new)))
                     metas.append((m, new.end_offset))
                 rev = await self.meta.commit(txn)
+            except Fenced as exc:
+                self.catalog.abandon(k for k, _ in objects)  # their intents collect them
+                await self._fenced(exc)
+                raise
             except BaseException:
                 self.catalog.abandon(k for k, _ in objects)  # their intents collect them
                 raise
@@ -358,6 +482,36 @@ class StreamEngine:
             self.upload_seconds.observe(time.perf_counter() - started)
             log.debug("uploaded %d bytes in %d objects", size, len(objects))
             return size
+
+    async def _fenced(self, exc: Fenced) -> None:
+        """An upload commit's compare failed: every stream it names that no longer is ours
+        at our epoch (another broker opened it, or its topic was deleted) is closed here,
+        alone; the caller retries the upload for the rest. Called under the upload lock."""
+        for key in exc.keys:
+            if not key.startswith(STREAMS):
+                continue  # an intent a collector marked: the retry writes new objects
+            sid = int(key[len(STREAMS):])
+            s = self.streams.get(sid)
+            if s is None:
+                continue
+            entry = await self.meta.get(key)
+            now = None if entry is None else decode_stream(entry.key, entry.value,
+                                                           entry.version)
+            if now is not None and (now.epoch, now.owner) == (s.meta.epoch, s.meta.owner):
+                log.warning("stream %d: record rewritten at our epoch %d; adopting it",
+                            sid, now.epoch)
+                s.meta.version, s.meta.start_offset = now.version, now.start_offset
+                continue
+            log.error("stream %d fenced (%s): closing it here, dropping its %d unuploaded "
+                      "bytes from the log cache", sid,
+                      "deleted" if now is None else f"epoch {now.epoch} on {now.owner}",
+                      self.unuploaded(sid)[0])
+            self.fenced_streams += 1
+            self.streams.pop(sid, None)
+            s.close()
+            self.cache.drop_stream(sid)
+            if now is None:
+                self.index.drop_stream(sid)
 
     async def _build_objects(
         self, by_stream: dict[int, list[CacheEntry]]
@@ -435,22 +589,75 @@ class StreamEngine:
 
     async def compact(self) -> int:
         """Object compaction rounds until nothing is left to merge; returns objects merged."""
+        if not self.cluster_jobs:
+            return 0
         total = 0
         while True:
-            merged, _ = await compact_objects(self, self.config.compaction)
+            merged, _ = await compact_objects(self, self.config.compaction,
+                                              self._live_starts)
             if not merged:
                 return total
             total += merged
             self.compactions += 1
             self.objects_compacted += merged
 
+    async def _live_starts(self) -> dict[int, int]:
+        """Each live stream's start offset: from metadata on a cluster (streams other
+        brokers own are live too), from the open streams on a single broker."""
+        if not self.cluster:
+            return {sid: s.meta.start_offset for sid, s in self.streams.items()}
+        return {m.stream_id: m.start_offset for m in
+                (decode_stream(e.key, e.value, e.version)
+                 for e in await self.meta.list_all(STREAMS))}
+
     async def _collect_garbage(self) -> None:
         """Unlink objects no live stream references; delete them after the grace period
         (readers already on them finish first)."""
-        async with self._upload_lock:  # the unlink commit must not interleave with others
-            starts = {sid: s.meta.start_offset for sid, s in self.streams.items()}
-            await self.catalog.unlink_unreferenced(starts)
+        if not self.cluster_jobs:
+            return
+        if self.cluster:
+            if self._clock() < self._next_gc:
+                return
+            self._next_gc = self._clock() + self.config.gc_interval
+            objects = await self.meta.list_all(OBJECTS)  # first objects, then streams
+            await self.catalog.unlink_unreferenced_cluster(objects, await self._live_starts())
+        else:
+            async with self._upload_lock:  # the unlink commit must not interleave
+                starts = {sid: s.meta.start_offset for sid, s in self.streams.items()}
+                await self.catalog.unlink_unreferenced(starts)
         await self.catalog.delete_expired()  # slow DELETEs: uploads go on meanwhile
+
+    async def _follow_objects(self, revision: int) -> None:
+        """Keep the object index current with other brokers' uploads and the controller's
+        compactions and unlinks (a reader must find rewritten blocks at their new place
+        before the old object's grace period ends)."""
+        while True:
+            events = self.meta.watch(OBJECTS, revision)
+            try:
+                async for event in events:
+                    revision = max(revision, event.version)
+                    if event.resync:
+                        await self._reload_objects()
+                    elif event.value is None:
+                        self.catalog.forget(int(event.key[len(OBJECTS):]))
+                    else:
+                        self.catalog.apply_object(event.value, event.version)
+                return  # the store closed
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("object index watch failed (resuming): %r", exc)
+                await asyncio.sleep(1.0)
+            finally:
+                await close_watch(events)
+
+    async def _reload_objects(self) -> None:
+        listing = await self.meta.list_all(OBJECTS)
+        live = {json.loads(e.value)["key"] for e in listing}
+        for key in [k for k in self.catalog.objects if k not in live]:
+            self.index.forget_object(key)
+            del self.catalog.objects[key]
+        self.catalog.load_objects(listing)
 
     # ---- read path ------------------------------------------------------------------
 

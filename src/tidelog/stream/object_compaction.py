@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -42,19 +43,28 @@ class _Piece:
     records: list[Record]
 
 
-async def compact_objects(engine: StreamEngine, cfg: CompactionConfig) -> tuple[int, int]:
-    """One round; returns (objects merged, objects written), (0, 0) when nothing to do."""
+async def compact_objects(
+    engine: StreamEngine, cfg: CompactionConfig,
+    live_starts: Callable[[], Awaitable[dict[int, int]]],
+) -> tuple[int, int]:
+    """One round; returns (objects merged, objects written), (0, 0) when nothing to do.
+
+    `live_starts` gives every live stream's start offset (cluster-wide: on a cluster the
+    objects hold other brokers' streams, which must be copied, not dropped). It is asked
+    after the objects are chosen, so every chosen object's stream is in it unless the
+    stream was deleted."""
     chosen = _choose(engine, cfg)
     if len(chosen) < cfg.min_objects:
         return 0, 0
+    starts = await live_starts()
     removed = {key: set(engine.index.objects[key]) for key in chosen}
     datas = await asyncio.gather(*(engine.store.get(key) for key in chosen))
     by_stream: dict[int, list[_Piece]] = {}
     for key, data in zip(chosen, datas, strict=True):
         view = memoryview(data)
         for b in removed[key]:
-            stream = engine.streams.get(b.stream_id)
-            if stream is None or b.end_offset <= stream.start_offset:
+            start = starts.get(b.stream_id)
+            if start is None or b.end_offset <= start:
                 continue  # nobody can read it any more: dropped, not copied
             recs = iter_records(view[b.position : b.position + b.size])
             by_stream.setdefault(b.stream_id, []).append(_Piece(b, recs))

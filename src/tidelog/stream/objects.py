@@ -10,6 +10,11 @@ the record from `/objects/` to `/garbage/` (no reference is left to dangle), rea
 already on the object get `grace` seconds to finish, then the object is deleted from the
 store and only then its garbage record. Every step is idempotent, so kill -9 anywhere
 leaves either a live reference to an existing object or a garbage record to finish.
+
+On a cluster the collector may run on another broker than the writer: the commit that
+references an object compares its intent's version, and the collector marks an intent
+`deleting` (a compare-and-set) before it deletes any byte, so a write slower than the
+grace period fails its commit instead of referencing a deleted object.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from tidelog.metadata.base import MetadataStore, Txn
+from tidelog.metadata.base import MAX_TXN_OPS, Entry, Fenced, MetadataStore, Txn
 from tidelog.objectstore.base import ObjectStore
 from tidelog.stream.object_format import BlockIndex, ObjectBuilder
 from tidelog.stream.object_index import ObjectIndex
@@ -63,6 +68,8 @@ class Garbage:
     key: str
     since: float
     """Wall-clock seconds when the object stopped being referenced (or was intended)."""
+    version: int = 0
+    """Metadata version of the record (0: not known; listed again before deleting)."""
 
 
 class ObjectCatalog:
@@ -76,20 +83,44 @@ class ObjectCatalog:
         self.objects: dict[str, ObjectInfo] = {}
         self.garbage: dict[int, Garbage] = {}
         self._writing: set[str] = set()
+        self._intents: dict[str, int] = {}
+        """Metadata version of each intent this broker wrote and has not committed."""
         self.deleted = 0
 
     @property
     def stored_bytes(self) -> int:
         return sum(i.size for i in list(self.objects.values()))
 
-    async def load(self) -> None:
-        for e in await self.meta.list(OBJECTS):
+    def load_objects(self, entries: Iterable[Entry]) -> None:
+        for e in entries:
+            self.apply_object(e.value, e.version)
+
+    def apply_object(self, value: bytes, version: int) -> bool:
+        """Index an object record (loaded, or a watch event); False when what is indexed
+        is as new already (our own commit came back through the watch)."""
+        rec = json.loads(value)
+        key = rec["key"]
+        info = self.objects.get(key)
+        if info is not None and info.version >= version:
+            return False
+        if info is not None:
+            self.index.forget_object(key)
+        self.index.add_object(key, [BlockIndex.from_list(b) for b in rec["blocks"]])
+        self.objects[key] = ObjectInfo(rec.get("size", 0), version)
+        return True
+
+    def forget(self, object_id_: int) -> None:
+        """An object record deleted elsewhere (unlinked by the collector)."""
+        for key in [k for k in self.objects if object_id(k) == object_id_]:
+            self.index.forget_object(key)
+            del self.objects[key]
+
+    async def load_garbage(self) -> None:
+        self.garbage.clear()
+        for e in await self.meta.list_all(GARBAGE):
             rec = json.loads(e.value)
-            self.index.add_object(rec["key"], [BlockIndex.from_list(b) for b in rec["blocks"]])
-            self.objects[rec["key"]] = ObjectInfo(rec.get("size", 0), e.version)
-        for e in await self.meta.list(GARBAGE):
-            rec = json.loads(e.value)
-            self.garbage[int(e.key[len(GARBAGE):])] = Garbage(rec["key"], rec["since"])
+            self.garbage[int(e.key[len(GARBAGE):])] = Garbage(rec["key"], rec["since"],
+                                                              e.version)
 
     # ---- writing objects -----------------------------------------------------------
 
@@ -98,9 +129,10 @@ class ObjectCatalog:
         oid = await self.meta.next_id("object")
         key = object_key(oid, kind)
         g = Garbage(key, self._clock())
-        await self.meta.put(meta_key(GARBAGE, oid), _garbage_value(g))
+        g.version = await self.meta.put_if(meta_key(GARBAGE, oid), _garbage_value(g), 0)
         self.garbage[oid] = g
         self._writing.add(key)
+        self._intents[key] = g.version
         return key
 
     def reference(self, txn: Txn, key: str, builder: ObjectBuilder) -> None:
@@ -109,6 +141,9 @@ class ObjectCatalog:
         txn.puts.append((meta_key(OBJECTS, oid), _object_value(key, builder.size,
                                                                builder.index)))
         txn.deletes.append(meta_key(GARBAGE, oid))
+        intent = self._intents.get(key)
+        if intent is not None:  # still ours: no collector started deleting it
+            txn.compares.append((meta_key(GARBAGE, oid), intent))
 
     def referenced(self, rev: int, objects: Iterable[tuple[str, ObjectBuilder]]) -> None:
         """`txn` with `reference`s committed at `rev`: index the objects."""
@@ -117,11 +152,13 @@ class ObjectCatalog:
             self.objects[key] = ObjectInfo(builder.size, rev)
             self.garbage.pop(object_id(key), None)
             self._writing.discard(key)
+            self._intents.pop(key, None)
 
     def abandon(self, keys: Iterable[str]) -> None:
         """Writes that will never be committed: their intents make them garbage."""
         for key in keys:
             self._writing.discard(key)
+            self._intents.pop(key, None)
 
     # ---- replacing blocks (compaction) -------------------------------------------------
 
@@ -173,9 +210,49 @@ class ObjectCatalog:
             log.info("%d unreferenced objects are now garbage", len(dead))
         return len(dead)
 
+    async def unlink_unreferenced_cluster(self, objects: list[Entry],
+                                          starts: dict[int, int]) -> int:
+        """The cluster form: `objects` and `starts` come from metadata listings (objects
+        listed first, so every listed object's stream is in `starts` unless deleted), and
+        each unlink compares the listed version; an object changed meanwhile stays."""
+        now = self._clock()
+        dead = []
+        for e in objects:
+            rec = json.loads(e.value)
+            blocks = [BlockIndex.from_list(b) for b in rec["blocks"]]
+            if not any(b.end_offset > starts.get(b.stream_id, b.end_offset) for b in blocks):
+                dead.append((e, rec["key"]))
+        unlinked = 0
+        for i in range(0, len(dead), MAX_TXN_OPS // 3):
+            txn = Txn()
+            for e, key in dead[i:i + MAX_TXN_OPS // 3]:
+                txn.compares.append((e.key, e.version))
+                txn.deletes.append(e.key)
+                txn.puts.append((meta_key(GARBAGE, object_id(key)),
+                                 _garbage_value(Garbage(key, now))))
+            try:
+                await self.meta.commit(txn)
+            except Fenced as exc:
+                log.info("garbage collection raced with %d object changes; next round",
+                         len(exc.keys))
+                continue
+            for e, key in dead[i:i + MAX_TXN_OPS // 3]:
+                if key in self.objects and self.objects[key].version <= e.version:
+                    self.index.forget_object(key)
+                    del self.objects[key]
+            unlinked += min(len(dead) - i, MAX_TXN_OPS // 3)
+        if unlinked:
+            log.info("%d unreferenced objects are now garbage", unlinked)
+        return unlinked
+
     async def delete_expired(self) -> int:
         """Delete garbage older than the grace period from the store, then its record.
-        Returns the number of objects deleted."""
+        Returns the number of objects deleted.
+
+        Garbage is listed from metadata (other brokers' intents and unlinks included);
+        each record is first marked `deleting` with a compare-and-set, which fails the
+        commit of a writer still on its way to referencing the object."""
+        await self.load_garbage()
         now = self._clock()
         deleted = 0
         for oid, g in sorted(self.garbage.items()):
@@ -184,8 +261,13 @@ class ObjectCatalog:
             if (self.garbage.get(oid) is not g or now - g.since < self.grace
                     or g.key in self._writing):
                 continue
+            gkey = meta_key(GARBAGE, oid)
+            try:
+                await self.meta.put_if(gkey, _garbage_value(g, deleting=True), g.version)
+            except Fenced:
+                continue  # committed (or marked) by someone else meanwhile
             await self.store.delete(g.key)  # first the bytes, then the record: idempotent
-            await self.meta.delete(meta_key(GARBAGE, oid))
+            await self.meta.delete(gkey)
             self.garbage.pop(oid, None)
             deleted += 1
             log.debug("deleted object %s", g.key)
@@ -200,5 +282,8 @@ def _object_value(key: str, size: int, blocks: list[BlockIndex]) -> bytes:
                        "blocks": [b.to_list() for b in blocks]}).encode()
 
 
-def _garbage_value(g: Garbage) -> bytes:
-    return json.dumps({"key": g.key, "since": g.since}).encode()
+def _garbage_value(g: Garbage, deleting: bool = False) -> bytes:
+    rec: dict[str, object] = {"key": g.key, "since": g.since}
+    if deleting:
+        rec["deleting"] = True
+    return json.dumps(rec).encode()

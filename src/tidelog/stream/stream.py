@@ -29,6 +29,8 @@ class StreamMeta:
     start_offset: int
     end_offset: int
     """End of what is committed to objects (exclusive)."""
+    owner: int = -1
+    """The broker the stream is placed on (-1: not placed, a single broker's stream)."""
     version: int = 0
     """Metadata version of the stream's record, compared on every upload commit (fencing)."""
 
@@ -83,6 +85,12 @@ class Stream:
         engine.cache.add(entry)
         # Shielded: a cancelled request must not leave an appended record unconfirmed.
         await asyncio.shield(asyncio.ensure_future(self._complete(entry)))
+        if not engine.may_acknowledge():
+            # durable, but the broker's lease may have expired: another broker may own
+            # the stream by now, so the append is not acknowledged (self-fencing)
+            raise StreamError(f"stream {self.stream_id}: this broker's lease may have expired")
+        if self.closed:
+            raise StreamError(f"stream {self.stream_id} was closed (fenced) during the append")
         return base
 
     async def _complete(self, entry: CacheEntry) -> None:

@@ -1,0 +1,1 @@
+"""Cluster control: broker membership under leases, the elected controller, placement."""
