@@ -127,6 +127,7 @@ class Broker:
             block_cache_bytes=c.get_int("block.cache.bytes"),
             append_timeout=c.get_int("append.timeout.ms") / 1000,
             gc_grace=c.get_int("log.segment.delete.delay.ms") / 1000,
+            gc_interval=c.get_int("upload.interval.ms") / 1000,
             compaction_interval=c.get_int("object.compaction.interval.ms") / 1000,
             compaction=CompactionConfig(
                 small_bytes=c.get_int("object.compaction.small.bytes"),

@@ -192,6 +192,8 @@ class Membership:
                         if event.value is None:
                             self.live.pop(node, None)
                             log.info("broker %d left the cluster", node)
+                            if node == self.node_id and self._tasks:
+                                self._lose("registration removed (lease revoked or expired)")
                         else:
                             self.live[node] = BrokerRecord.decode(event.value)
                     self.changed.set()

@@ -125,8 +125,9 @@ class StateLog:
                             self._live.pop(key, None)
                         else:
                             self._live[key] = value
-        log.info("%s-%d: %d live keys from %d records", self.topic, self.index,
-                 len(self._live), self._records)
+        log.log(logging.INFO if self._records else logging.DEBUG,
+                "%s-%d: %d live keys from %d records", self.topic, self.index,
+                len(self._live), self._records)
         return dict(self._live)
 
     async def write(self, entries: Sequence[tuple[bytes, bytes | None]]) -> None:
@@ -211,6 +212,8 @@ class StateLogs:
         state: dict[bytes, bytes] = {}
         for index in sorted(topic.owned):
             state.update(await self.load_partition(index))
+        log.info("%s: %d of %d partitions coordinated here, %d live keys", self.topic,
+                 len(self.logs), topic.count, len(state))
         return state
 
     async def ensure(self) -> Topic:

@@ -309,7 +309,7 @@ class TopicManager:
             p.config = topic.resolved
             await p.restore_producers()
             topic.owned[where[1]] = p
-        log.info("opened stream %d (epoch %d)%s", sid, stream.epoch,
+        log.debug("opened stream %d (epoch %d)%s", sid, stream.epoch,
                  f" for {where[0]}-{where[1]}" if where else "")
         if topic is not None and where is not None:
             await self._opened(topic.name, where[1])

@@ -1,0 +1,291 @@
+"""Cluster mode through real clients: three broker processes over one PostgreSQL, one
+WAL directory and one object store (started once for the module).
+
+Every client is bootstrapped from one broker and must find the others on its own:
+leaders spread over all three, produce and consume through any bootstrap broker, a group
+whose coordinator is on one broker and whose partitions are on the others, commits that
+survive a restart of every broker, topics created on one broker used through another,
+object GC and compaction on the controller keeping every broker's data, a second broker
+with a taken node.id refused, and a broker whose lease is revoked acknowledging nothing.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from tests.integration.broker import BrokerProcess
+from tests.integration.cluster import Cluster, wait_for
+from tidelog.tools.local_postgres import LocalPostgres
+
+PARTITIONS = 12
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def cluster(postgres: LocalPostgres, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[Cluster]:
+    name = f"c_{uuid.uuid4().hex[:10]}"
+    dsn = postgres.create_database(name)
+    c = Cluster(tmp_path_factory.mktemp("cluster"), dsn, settings={
+        "num.partitions": str(PARTITIONS),
+        # small objects, compacted and collected quickly: the controller's jobs run often
+        "object.compaction.interval.ms": "1000",
+        "object.compaction.min.objects": "4",
+        "log.segment.delete.delay.ms": "0",
+    })
+    try:
+        yield c.start()
+    finally:
+        c.stop()
+        postgres.drop_database(name)
+
+
+def create(bootstrap: str, name: str, partitions: int = PARTITIONS) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for f in admin.create_topics([NewTopic(name, partitions)], operation_timeout=20).values():
+        f.result(30)
+
+
+def leaders(bootstrap: str, topic: str) -> dict[int, int]:
+    md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10)
+    return {p.id: p.leader for p in md.topics[topic].partitions.values()}
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes], **conf: object) -> None:
+    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
+                  "linger.ms": 5, **conf})
+    failed: list[object] = []
+    for v in values:
+        p.produce(topic, key=v, value=v,
+                  on_delivery=lambda err, _m: failed.append(err) if err else None)
+        p.poll(0)
+    assert p.flush(30) == 0 and not failed, failed
+
+
+def consume(bootstrap: str, topic: str, n: int, group: str | None = None,
+            timeout: float = 60) -> list[tuple[int, int, bytes]]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group or uuid.uuid4().hex,
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.subscribe([topic])
+    out: list[tuple[int, int, bytes]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(out) < n and time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is None or m.error():
+                continue
+            out.append((m.partition(), m.offset(), m.value()))
+        if group is not None:
+            c.commit(asynchronous=False)
+    finally:
+        c.close()
+    return out
+
+
+def assert_once_and_dense(got: list[tuple[int, int, bytes]], values: list[bytes]) -> None:
+    assert sorted(v for _, _, v in got) == sorted(values)  # every message, once
+    by_partition: dict[int, list[int]] = {}
+    for p, off, _ in got:
+        by_partition.setdefault(p, []).append(off)
+    for offsets in by_partition.values():
+        assert sorted(offsets) == list(range(len(offsets)))  # dense from 0
+
+
+def test_every_broker_listed_and_leaders_spread(cluster: Cluster) -> None:
+    b1, b2, b3 = (cluster.brokers[n].bootstrap for n in (1, 2, 3))
+    create(b2, "spread")
+    for bootstrap in (b1, b2, b3):
+        md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
+        assert sorted(md.brokers) == [1, 2, 3]
+        assert md.controller_id in (1, 2, 3)
+    # each broker learns the other brokers' opens through its watch: within moments
+    wait_for(lambda: Counter(leaders(b3, "spread").values()) == {1: 4, 2: 4, 3: 4},
+             timeout=5, what="every leader known to broker 3")
+    admin = AdminClient({"bootstrap.servers": b1})  # kept alive until the answer
+    described = admin.describe_cluster().result(10)
+    assert {(n.id, n.rack) for n in described.nodes} == {(1, "a"), (2, "b"), (3, "c")}
+    out = subprocess.run(["kcat", "-b", b3, "-L", "-t", "spread"], capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    assert " 3 brokers:" in out and out.count("leader ") == PARTITIONS
+    for node in (1, 2, 3):
+        assert f"broker {node} at {cluster.brokers[node].bootstrap}" in out
+
+
+def test_confluent_through_every_bootstrap_broker(cluster: Cluster) -> None:
+    create(cluster.brokers[1].bootstrap, "cc")
+    values = []
+    for node, b in cluster.brokers.items():
+        batch = [f"{node}-{i}".encode() for i in range(500)]
+        produce(b.bootstrap, "cc", batch)  # each producer knows only its bootstrap broker
+        values += batch
+    for b in cluster.brokers.values():
+        assert_once_and_dense(consume(b.bootstrap, "cc", len(values)), values)
+
+
+def test_kafka_python_produces_and_consumes(cluster: Cluster) -> None:
+    from kafka import KafkaConsumer, KafkaProducer
+    from kafka.admin import KafkaAdminClient
+    from kafka.admin import NewTopic as KNewTopic
+
+    bootstrap = cluster.brokers[3].bootstrap
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([KNewTopic("kp", PARTITIONS, 1)])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    values = [f"kp-{i}".encode() for i in range(1200)]
+    for v in values:
+        producer.send("kp", key=v, value=v)
+    producer.flush(30)
+    producer.close()
+    consumer = KafkaConsumer("kp", bootstrap_servers=cluster.brokers[2].bootstrap,
+                             auto_offset_reset="earliest", group_id="kp-group",
+                             consumer_timeout_ms=15_000)
+    got = []
+    for m in consumer:
+        got.append((m.partition, m.offset, m.value))
+        if len(got) == len(values):
+            break
+    consumer.close()
+    assert_once_and_dense(got, values)
+    assert len({p for p, _, _ in got}) == PARTITIONS
+
+
+def test_kcat_produces_and_consumes(cluster: Cluster) -> None:
+    values = [f"kc-{i}" for i in range(600)]
+    subprocess.run(["kcat", "-b", cluster.brokers[1].bootstrap, "-P", "-t", "kc", "-K", ":"],
+                   input="".join(f"{v}:{v}\n" for v in values), text=True, timeout=60,
+                   check=True)
+    out = subprocess.run(["kcat", "-b", cluster.brokers[3].bootstrap, "-C", "-t", "kc",
+                          "-o", "beginning", "-e", "-f", "%p %o %s\n"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    got = [(int(p), int(o), s.encode()) for p, o, s in
+           (line.split(" ", 2) for line in out.splitlines() if line)]
+    assert_once_and_dense(got, [v.encode() for v in values])
+    assert Counter(leaders(cluster.brokers[2].bootstrap, "kc").values()) == {1: 4, 2: 4, 3: 4}
+
+
+def test_topic_created_on_one_broker_is_used_through_another_within_a_second(
+        cluster: Cluster) -> None:
+    create(cluster.brokers[1].bootstrap, "fresh", 3)
+    started = time.monotonic()
+    wait_for(lambda: "fresh" in AdminClient({"bootstrap.servers": cluster.brokers[2].bootstrap})
+             .list_topics(timeout=5).topics, timeout=5, what="broker 2 to know the topic")
+    assert time.monotonic() - started < 1.0
+    produce(cluster.brokers[2].bootstrap, "fresh", [b"x", b"y", b"z"])
+    assert len(consume(cluster.brokers[3].bootstrap, "fresh", 3)) == 3
+
+
+def test_group_coordinated_on_one_broker_consumes_from_all_and_commits_survive_restart(
+        cluster: Cluster) -> None:
+    bootstrap = cluster.brokers[2].bootstrap
+    create(bootstrap, "grp")
+    values = [f"g-{i}".encode() for i in range(1200)]
+    produce(bootstrap, "grp", values)
+    consumers = [Consumer({"bootstrap.servers": cluster.brokers[n].bootstrap,
+                           "group.id": "cluster-group", "auto.offset.reset": "earliest",
+                           "enable.auto.commit": False}) for n in (1, 2, 3)]
+    got: list[tuple[int, int, bytes]] = []
+    try:
+        for c in consumers:
+            c.subscribe(["grp"])
+        deadline = time.monotonic() + 60
+        while len(got) < len(values) and time.monotonic() < deadline:
+            for c in consumers:
+                m = c.poll(0.2)
+                if m is not None and not m.error():
+                    got.append((m.partition(), m.offset(), m.value()))
+        assignments = [c.assignment() for c in consumers]
+        for c in consumers:
+            c.commit(asynchronous=False)
+    finally:
+        for c in consumers:
+            c.close()
+    assert_once_and_dense(got, values)
+    assert all(assignments) and sum(len(a) for a in assignments) == PARTITIONS
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    group = admin.describe_consumer_groups(["cluster-group"])["cluster-group"].result(10)
+    coordinator = group.coordinator.id
+    assert set(leaders(bootstrap, "grp").values()) - {coordinator}  # partitions elsewhere too
+
+    cluster.stop()  # every broker
+    cluster.start()
+    c = Consumer({"bootstrap.servers": cluster.brokers[3].bootstrap,
+                  "group.id": "cluster-group"})
+    try:
+        committed = c.committed([TopicPartition("grp", i) for i in range(PARTITIONS)],
+                                timeout=30)
+    finally:
+        c.close()
+    ends = Counter(p for p, _, _ in got)
+    assert {tp.partition: tp.offset for tp in committed} == {
+        i: ends[i] for i in range(PARTITIONS)}
+
+
+def test_gc_and_compaction_on_the_controller_keep_every_brokers_data(
+        cluster: Cluster) -> None:
+    """Before cluster mode every broker compacted and collected from the streams it had
+    open: blocks of the others' streams were dropped from merged objects and their objects
+    unlinked as unreferenced. Now only the controller does, from metadata."""
+    bootstrap = cluster.brokers[1].bootstrap
+    create(bootstrap, "keep")
+    values = []
+    for round_ in range(8):  # eight uploads per broker: small objects to merge
+        batch = [f"k{round_}-{i}".encode() for i in range(120)]
+        produce(bootstrap, "keep", batch)
+        values += batch
+        time.sleep(0.6)  # past upload.interval.ms
+    logs = {n: b.log_path for n, b in cluster.brokers.items()}
+
+    def controller_worked() -> bool:
+        text = "".join(p.read_text(errors="replace") for p in logs.values())
+        return "compacted" in text and "garbage objects past their grace period" in text
+
+    wait_for(controller_worked, timeout=60, what="a compaction and a GC round")
+    time.sleep(2)  # a few more rounds over the merged objects
+    assert_once_and_dense(consume(cluster.brokers[2].bootstrap, "keep", len(values)), values)
+
+
+def test_a_taken_node_id_is_refused(cluster: Cluster, tmp_path: Path) -> None:
+    twin = BrokerProcess(tmp_path / "twin", {**cluster.brokers[2].settings,
+                                             "data.dir": str(tmp_path / "twin")})
+    with pytest.raises(RuntimeError, match="exited early"):
+        twin.start(timeout=30)
+    assert "node.id 2 is already registered by a live broker" in twin.log()
+    # the running broker 2 is untouched
+    produce(cluster.brokers[2].bootstrap, "cc", [b"still-here"])
+
+
+def test_a_broker_whose_lease_is_revoked_acknowledges_nothing(cluster: Cluster) -> None:
+    create(cluster.brokers[1].bootstrap, "fenced")
+    on_3 = [p for p, leader in leaders(cluster.brokers[1].bootstrap, "fenced").items()
+            if leader == 3]
+    b3 = cluster.brokers[3]
+    (row,) = cluster.sql("SELECT lease FROM tidelog_kv WHERE key = '/brokers/3'")
+    cluster.sql("SELECT tidelog_revoke($1)", row["lease"])
+    wait_for(lambda: "acknowledging nothing more" in b3.log(), timeout=10,
+             what="broker 3 to notice")
+    p = Producer({"bootstrap.servers": b3.bootstrap, "message.timeout.ms": 4000,
+                  "retries": 0})
+    results: list[object] = []
+    for partition in on_3:
+        p.produce("fenced", value=b"after-revoke", partition=partition,
+                  on_delivery=lambda err, _m: results.append(err))
+    p.flush(10)
+    assert len(results) == len(on_3) and all(err is not None for err in results)
+    assert b3.proc is not None and b3.proc.wait(30) == 1  # it stops, to be restarted
+    b3.proc = None
+    b3.start()  # back, as a supervisor would; the module's later tests see three again
+    wait_for(lambda: 3 in AdminClient({"bootstrap.servers": cluster.brokers[1].bootstrap})
+             .list_topics(timeout=5).brokers, what="broker 3 to rejoin")
+    got = consume(cluster.brokers[1].bootstrap, "fenced", 100, timeout=5)
+    assert all(v != b"after-revoke" for _, _, v in got)
