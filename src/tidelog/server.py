@@ -13,6 +13,7 @@ from urllib.parse import urlparse, urlunparse
 from tidelog.api.authorizer import Authorizer, parse_super_users
 from tidelog.api.base import BrokerConfig, BrokerInfo, ClusterView, Context
 from tidelog.api.dispatch import Dispatcher
+from tidelog.api.txn_markers import send_markers
 from tidelog.config import Config, parse_listener
 from tidelog.controller.election import ControllerElection
 from tidelog.controller.membership import BrokerRecord, Membership
@@ -27,6 +28,7 @@ from tidelog.metrics import (
     RequestMetrics,
     parse_metrics_listener,
 )
+from tidelog.net.peer import PeerClient
 from tidelog.net.server import KafkaListener
 from tidelog.objectstore.counting import CountingObjectStore, ObjectStoreStats
 from tidelog.objectstore.latency import open_with_emulation
@@ -92,6 +94,7 @@ class Broker:
         self.log_manager: LogManager | None = None
         self.membership: Membership | None = None
         self.election: ControllerElection | None = None
+        self.peers: PeerClient | None = None
         self.node_id = 0
         # every object store the broker opens is wrapped to count into this (the WAL's too)
         self.store_stats = ObjectStoreStats()
@@ -179,6 +182,20 @@ class Broker:
             partitions=c.get_int("transaction.state.log.num.partitions"),
         ))
         self.topics.open_listeners += [self.coordinator.opened, self.transactions.opened]
+        if self.membership is not None:
+            membership = self.membership
+
+            def address(n: int) -> tuple[str, int] | None:
+                r = membership.live.get(n)
+                return None if r is None else (r.host, r.port)
+
+            self.peers = peers = PeerClient(node_id, address)
+
+            async def remote(node: int, pid: int, epoch: int, commit: bool, cepoch: int,
+                             parts: list[tuple[str, int]]) -> dict[tuple[str, int], str | None]:
+                return await send_markers(peers, node, pid, epoch, commit, cepoch, parts)
+
+            self.transactions.remote_markers = remote
         await self.coordinator.start(create=not cluster)
         await self.transactions.start(create=not cluster)
         broker_cfg = BrokerConfig(
@@ -241,6 +258,8 @@ class Broker:
                 await self.topics.snapshot_producers()
             except Exception as exc:  # the log still has it all: only the restart is slower
                 log.warning("producer state snapshot failed: %r", exc)
+        if self.peers is not None:
+            await self.peers.close()
         if self.election is not None:
             await self.election.stop()
         if self.topics is not None:

@@ -255,6 +255,77 @@ def test_gc_and_compaction_on_the_controller_keep_every_brokers_data(
     assert_once_and_dense(consume(cluster.brokers[2].bootstrap, "keep", len(values)), values)
 
 
+def test_transactions_across_brokers_commit_and_abort(cluster: Cluster) -> None:
+    bootstrap = cluster.brokers[2].bootstrap
+    create(bootstrap, "txn")
+    assert len(set(leaders(bootstrap, "txn").values())) == 3
+    p = Producer({"bootstrap.servers": bootstrap, "transactional.id": "cluster-txn"})
+    p.init_transactions(30)
+    p.begin_transaction()
+    committed = [f"c-{i}".encode() for i in range(120)]
+    for i, v in enumerate(committed):
+        p.produce("txn", value=v, partition=i % PARTITIONS)
+    p.commit_transaction(30)
+    p.begin_transaction()
+    for i in range(120):
+        p.produce("txn", value=f"a-{i}".encode(), partition=i % PARTITIONS)
+    p.flush(30)
+    p.abort_transaction(30)
+    p.begin_transaction()  # one more commit after the abort: the LSO moves past it
+    p.produce("txn", value=b"last", partition=0)
+    p.commit_transaction(30)
+    c = Consumer({"bootstrap.servers": cluster.brokers[3].bootstrap, "group.id": "txn-read",
+                  "auto.offset.reset": "earliest", "isolation.level": "read_committed"})
+    c.subscribe(["txn"])
+    got: list[bytes] = []
+    deadline = time.monotonic() + 60
+    try:
+        while len(got) < len(committed) + 1 and time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is not None and not m.error():
+                got.append(m.value())
+        extra = c.poll(1.0)  # nothing aborted follows
+    finally:
+        c.close()
+    assert sorted(got) == sorted([*committed, b"last"])
+    assert extra is None or extra.error() is not None
+
+
+def test_transactional_offsets_when_group_and_transaction_coordinators_differ(
+        cluster: Cluster) -> None:
+    """The group coordinator holds the offsets until the transaction coordinator, on
+    another broker, sends its marker for the group's __consumer_offsets partition."""
+    from confluent_kafka import TopicPartition as TP
+
+    from tidelog.coordinator.state_log import partition_for
+
+    bootstrap = cluster.brokers[1].bootstrap
+    produce(bootstrap, "txn", [b"warm"])  # both internal topics exist after the txn test
+    groups = leaders(bootstrap, "__consumer_offsets")
+    txns = leaders(bootstrap, "__transaction_state")
+    tid = "eos-txn"
+    group = next(g for g in (f"eos-group-{i}" for i in range(200))
+                 if groups[partition_for(g, len(groups))] != txns[partition_for(tid, len(txns))])
+    p = Producer({"bootstrap.servers": bootstrap, "transactional.id": tid})
+    p.init_transactions(30)
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    try:
+        for outcome, offset in (("abort", 5), ("commit", 7)):
+            p.begin_transaction()
+            p.produce("txn", value=f"eos-{outcome}".encode(), partition=1)
+            p.send_offsets_to_transaction([TP("txn", 0, offset)],
+                                          c.consumer_group_metadata(), 30)
+            if outcome == "abort":
+                p.abort_transaction(30)
+            else:
+                p.commit_transaction(30)
+            (tp,) = c.committed([TP("txn", 0)], timeout=30)
+            assert tp.offset == (offset if outcome == "commit" else -1001)
+    finally:
+        c.close()
+
+
 def test_a_taken_node_id_is_refused(cluster: Cluster, tmp_path: Path) -> None:
     twin = BrokerProcess(tmp_path / "twin", {**cluster.brokers[2].settings,
                                              "data.dir": str(tmp_path / "twin")})

@@ -17,6 +17,7 @@ from tidelog.api import (
     produce,
     scram,
     txn,
+    txn_markers,
 )
 from tidelog.api.base import Api
 
@@ -33,6 +34,7 @@ ALL: list[Api] = [
     *consumer_groups.APIS,
     *offsets.APIS,
     *txn.APIS,
+    *txn_markers.APIS,
     *acl.APIS,
     *scram.APIS,
 ]

@@ -88,7 +88,7 @@ async def _add_partitions(ctx: Context, header: RequestHeader, tid: str, pid: in
     denied = {name for name, _ in wanted
               if not ctx.allowed(header, Operation.WRITE, ResourceType.TOPIC, name)}
     unknown = {(name, p) for name, parts in wanted for p in parts
-               if name not in denied and ctx.topics.partition(name, p) is None}
+               if name not in denied and not ctx.topics.exists(name, p)}
     if unknown or denied:
         return [(name, [(p, error("topic_authorization_failed" if name in denied else
                                   "unknown_topic_or_partition" if (name, p) in unknown
@@ -212,7 +212,19 @@ async def handle_txn_offset_commit(ctx: Context, header: RequestHeader, req: Any
                                 getattr(p, "committed_leader_epoch", -1), meta))
                 pending.append(parts[-1])
         codes.append((t.name, parts))
-    if entries and ctx.transactions is not None:
+    if entries and ctx.transactions is not None and ctx.cluster is not None \
+            and not ctx.transactions.owns(req.transactional_id):
+        # the transaction is coordinated on another broker: hold the offsets here until
+        # its coordinator's marker for the group's __consumer_offsets partition arrives
+        try:
+            await ctx.coordinator.offsets.stage(req.group_id, req.producer_id, entries)
+            err = None
+        except Exception as exc:
+            log.warning("staging transactional offsets of %s failed: %r", req.group_id, exc)
+            err = "coordinator_not_available"
+        for part in pending:
+            part[1] = err
+    elif entries and ctx.transactions is not None:
         err = await ctx.transactions.txn_offset_commit(
             req.transactional_id, req.producer_id, req.producer_epoch, req.group_id, entries)
         for part in pending:

@@ -47,6 +47,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PREFIX = b"o/"
+STAGED = b"p/"
+"""Transactional offsets this group coordinator holds for a transaction coordinated on
+another broker (`p/["group", producer id]`), until that coordinator's marker for the
+group's `__consumer_offsets` partition commits or drops them (Kafka's design)."""
 # How often `tick` looks for expired offsets and groups that emptied (Kafka's
 # offsets.retention.check.interval.ms is 10 min; the scan here is cheap enough for less).
 CHECK_INTERVAL_MS = 10_000
@@ -73,6 +77,10 @@ class Committed:
 
 def offset_key(group_id: str, topic: str, partition: int) -> bytes:
     return PREFIX + json.dumps([group_id, topic, partition]).encode()
+
+
+def staged_key(group_id: str, producer_id: int) -> bytes:
+    return STAGED + json.dumps([group_id, producer_id]).encode()
 
 
 def marker_key(group_id: str) -> bytes:
@@ -114,6 +122,7 @@ class OffsetStore:
         self._empty_since: dict[str, int] = {}  # marker says "empty since" (coordinator clock)
         self._locks = _GroupLocks()
         self._next_check: int | None = None
+        self._staged: dict[tuple[str, int], dict[tuple[str, int], CommitEntry]] = {}
 
     # -- reads --------------------------------------------------------------------------
 
@@ -129,6 +138,37 @@ class OffsetStore:
     def groups(self) -> set[str]:
         """Groups with at least one committed offset."""
         return set(self._offsets)
+
+    def staged_partitions(self, group_id: str) -> set[tuple[str, int]]:
+        """Partitions of the group with offsets waiting in a transaction coordinated
+        elsewhere (OffsetFetch require_stable answers UNSTABLE_OFFSET_COMMIT for them)."""
+        return {tp for (g, _pid), entries in self._staged.items() if g == group_id
+                for tp in entries}
+
+    # -- transactional offsets coordinated elsewhere ---------------------------------------
+
+    async def stage(self, group_id: str, producer_id: int, entries: list[CommitEntry]) -> None:
+        """Hold a TxnOffsetCommit's offsets (durable) until the transaction's marker."""
+        async with self._locks.hold(group_id):
+            held = dict(self._staged.get((group_id, producer_id), {}))
+            for e in entries:
+                held[(e[0], e[1])] = e
+            value = json.dumps([list(e) for e in held.values()]).encode()
+            await self.coord.log.write([(staged_key(group_id, producer_id), value)])
+            self._staged[(group_id, producer_id)] = held
+
+    async def finish_staged(self, partition: int, producer_id: int, commit: bool) -> None:
+        """A transaction marker for `__consumer_offsets-<partition>`: commit (or drop) what
+        the producer staged for the groups of that partition."""
+        for group_id, pid in [k for k in self._staged if k[1] == producer_id]:
+            if self.coord.log.partition_for(group_id) != partition:
+                continue
+            entries = list(self._staged.get((group_id, pid), {}).values())
+            if commit:
+                await self.commit(group_id, entries)
+            async with self._locks.hold(group_id):
+                await self.coord.log.write([(staged_key(group_id, pid), None)])
+                self._staged.pop((group_id, pid), None)
 
     # -- writes -------------------------------------------------------------------------
 
@@ -282,6 +322,16 @@ class OffsetStore:
         now, wall = self.coord.now_ms(), self._wall_ms()
         loaded = 0
         for key, value in state.items():
+            if key.startswith(STAGED):
+                try:
+                    group_id, pid = json.loads(key[len(STAGED):])
+                    self._staged[(str(group_id), int(pid))] = {
+                        (str(e[0]), int(e[1])): (str(e[0]), int(e[1]), int(e[2]), int(e[3]),
+                                                 e[4])
+                        for e in json.loads(value)}
+                except (ValueError, TypeError, IndexError) as exc:
+                    log.warning("ignoring unreadable staged offsets %r: %r", key, exc)
+                continue
             if not key.startswith(PREFIX):
                 continue
             try:

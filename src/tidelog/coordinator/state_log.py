@@ -58,9 +58,9 @@ def partition_for(key_id: str, partitions: int) -> int:
 
 def key_id(key: bytes) -> str:
     """The group or transactional id a state-log key belongs to: `o/["group", ...]`
-    (offsets), otherwise `<kind>/<id>`."""
+    (offsets) and `p/["group", pid]` (staged offsets), otherwise `<kind>/<id>`."""
     body = key[2:]
-    if key.startswith(b"o/"):
+    if key.startswith((b"o/", b"p/")):
         return str(json.loads(body)[0])
     return body.decode(errors="replace")
 

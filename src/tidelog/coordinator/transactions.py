@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from tidelog.coordinator.offsets import CommitEntry, OffsetStore
@@ -44,6 +44,11 @@ from tidelog.partition.topics import TopicManager
 log = logging.getLogger(__name__)
 
 TOPIC = "__transaction_state"
+
+RemoteMarkers = Callable[[int, int, int, bool, int, list[tuple[str, int]]],
+                         Awaitable[dict[tuple[str, int], "str | None"]]]
+"""(owner node, producer id, epoch, commit, coordinator epoch, partitions) -> error by
+partition (WriteTxnMarkers to the owner)."""
 PID_BLOCK = 1000  # producer ids taken from the metadata store per allocation
 PID_BLOCK_COUNTER = "producer_id_block"
 
@@ -78,6 +83,8 @@ class TransactionCoordinator:
         self._next_pid = 0
         self._pid_end = 0
         self._ticker = Ticker("txn-coordinator", self.tick, self.config.check_interval)
+        self.remote_markers: RemoteMarkers | None = None
+        """Cluster mode: ends the transaction in partitions other brokers own."""
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -124,7 +131,7 @@ class TransactionCoordinator:
         """Partitions of `group_id` whose offsets wait in an unfinished transaction: a
         read_committed consumer must not start from the older committed offset
         (OffsetFetch answers UNSTABLE_OFFSET_COMMIT for them, KIP-447)."""
-        out: set[tuple[str, int]] = set()
+        out: set[tuple[str, int]] = self.offsets.staged_partitions(group_id)
         for m in self._txns.values():
             if m.state in (TxnState.ONGOING, TxnState.PREPARE_COMMIT, TxnState.PREPARE_ABORT):
                 out.update(m.offsets.get(group_id, {}))
@@ -334,15 +341,36 @@ class TransactionCoordinator:
         """Write the markers (and, on commit, the pending offsets), then CompleteX."""
         commit = m.state is TxnState.PREPARE_COMMIT
         coordinator_epoch = self.log.log_for(m.transactional_id).partition.leader_epoch
-        jobs = []
+        jobs: list[Awaitable[object]] = []
+        remote: dict[int, list[tuple[str, int]]] = {}
         for topic, index in sorted(m.partitions):
             p = self.topics.partition(topic, index)
-            if p is None:
+            if p is not None:
+                jobs.append(p.write_marker(m.producer_id, m.producer_epoch, commit,
+                                           coordinator_epoch))
+                continue
+            t = self.topics.get(topic)
+            owner = self.topics.leader(t, index)[0] if t is not None else -1
+            if t is None or index >= t.count:
                 log.warning("transaction %s: %s-%d is gone, no marker", m.transactional_id,
                             topic, index)
+            elif owner < 0 or self.remote_markers is None:
+                raise RuntimeError(f"{topic}-{index} has no leader for the marker yet")
+            else:
+                remote.setdefault(owner, []).append((topic, index))
+        group_log = self.offsets.coord.log
+        for group_id in sorted(m.offsets):
+            index = group_log.partition_for(group_id)
+            if index in group_log.logs:  # staged here too if a client sent it here
+                jobs.append(self.offsets.finish_staged(index, m.producer_id, commit))
                 continue
-            jobs.append(p.write_marker(m.producer_id, m.producer_epoch, commit,
-                                       coordinator_epoch))
+            t = self.topics.get(group_log.topic)
+            owner = self.topics.leader(t, index)[0] if t is not None else -1
+            if owner < 0 or self.remote_markers is None:
+                raise RuntimeError(f"the coordinator of group {group_id!r} is not known yet")
+            remote.setdefault(owner, []).append((group_log.topic, index))
+        for node, parts in remote.items():
+            jobs.append(self._remote(node, m, commit, coordinator_epoch, parts))
         for res in await asyncio.gather(*jobs, return_exceptions=True):
             if isinstance(res, BaseException):
                 raise res
@@ -359,6 +387,15 @@ class TransactionCoordinator:
         await self._store(n)
         log.info("transaction %s (pid %d epoch %d) %s", n.transactional_id, n.producer_id,
                  n.producer_epoch, "committed" if commit else "aborted")
+
+    async def _remote(self, node: int, m: TxnMetadata, commit: bool, coordinator_epoch: int,
+                      parts: list[tuple[str, int]]) -> None:
+        assert self.remote_markers is not None
+        errors = await self.remote_markers(node, m.producer_id, m.producer_epoch, commit,
+                                           coordinator_epoch, parts)
+        failed = {tp: e for tp, e in errors.items() if e is not None}
+        if failed or len(errors) < len(parts):
+            raise RuntimeError(f"markers on broker {node} failed: {failed}")
 
     async def _finish_prepared(self) -> None:
         for tid in [t for t, m in self._txns.items() if m.state in PREPARING]:

@@ -125,12 +125,46 @@ def encode_response(api_key: int, version: int, correlation_id: int, body: Any) 
     return out.getvalue()
 
 
+def encode_request(body: Any, correlation_id: int, client_id: str) -> bytes:
+    """One size-prefixed request frame (the inter-broker client's side)."""
+    header_cls = body.__header_schema__
+    out = io.BytesIO()
+    out.write(b"\x00\x00\x00\x00")
+    _response_writer(header_cls)(out, header_cls(
+        request_api_key=body.__api_key__, request_api_version=body.__version__,
+        correlation_id=correlation_id, client_id=client_id))
+    _response_writer(type(body))(out, body)  # type: ignore[arg-type]
+    buf = out.getbuffer()
+    SIZE.pack_into(buf, 0, len(buf) - 4)
+    del buf
+    return out.getvalue()
+
+
+def response_correlation(frame: bytes) -> int:
+    return int(SIZE.unpack_from(frame, 0)[0])
+
+
+def decode_response(api_key: int, version: int, frame: bytes) -> Any:
+    """The body of a response frame (size prefix removed) to a request of (key, version)."""
+    offset = 4 + (1 if _flexible_response_header(api_key, version) else 0)
+    body, _ = _response_reader(api_key, version)(frame, offset)
+    return body
+
+
+@cache
+def _response_reader(api_key: int, version: int) -> Any:
+    return entity_reader(response_schema(api_key, version))
+
+
 __all__ = [
     "EntityType",
     "FrameError",
     "FrameReader",
     "RequestHeader",
     "decode_request",
+    "decode_response",
+    "encode_request",
+    "response_correlation",
     "encode_response",
     "known_versions",
     "peek_header",

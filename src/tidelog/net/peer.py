@@ -1,0 +1,113 @@
+"""The inter-broker client: Kafka requests from this broker to another one (transaction
+markers to a partition's owner), over Kafka's own protocol, one connection per peer with
+requests pipelined and matched by correlation id."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from tidelog.protocol.codec import decode_response, encode_request, response_correlation
+
+log = logging.getLogger(__name__)
+
+Address = Callable[[int], tuple[str, int] | None]
+"""node id -> (host, port) of a live broker, or None."""
+
+
+class PeerUnavailable(Exception):
+    """The peer is not live, or the connection to it failed (the caller retries)."""
+
+
+class _Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.pending: dict[int, asyncio.Future[bytes]] = {}
+        self.task = asyncio.get_running_loop().create_task(self._read(), name="peer-reader")
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                (size,) = struct.unpack(">i", await self.reader.readexactly(4))
+                frame = await self.reader.readexactly(size)
+                fut = self.pending.pop(response_correlation(frame), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(frame)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            self._fail(exc)
+        except asyncio.CancelledError:
+            self._fail(ConnectionError("closed"))
+            raise
+
+    def _fail(self, exc: BaseException) -> None:
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(PeerUnavailable(str(exc) or type(exc).__name__))
+        self.pending.clear()
+
+    @property
+    def closed(self) -> bool:
+        return self.task.done()
+
+    async def close(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.task
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+
+class PeerClient:
+    def __init__(self, node_id: int, address: Address, timeout: float = 30.0) -> None:
+        self._client_id = f"tidelog-broker-{node_id}"
+        self._address = address
+        self._timeout = timeout
+        self._conns: dict[int, _Connection] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._corr = itertools.count(1)
+
+    async def request(self, node: int, body: Any) -> Any:
+        """Send `body` (a kio request) to broker `node`; its decoded response."""
+        conn = await self._connection(node)
+        corr = next(self._corr) & 0x7FFFFFFF
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        conn.pending[corr] = fut
+        conn.writer.write(encode_request(body, corr, self._client_id))
+        try:
+            frame = await asyncio.wait_for(fut, self._timeout)
+        except TimeoutError:
+            conn.pending.pop(corr, None)
+            raise PeerUnavailable(f"broker {node} did not answer in {self._timeout}s") from None
+        return decode_response(body.__api_key__, body.__version__, frame)
+
+    async def _connection(self, node: int) -> _Connection:
+        conn = self._conns.get(node)
+        if conn is not None and not conn.closed:
+            return conn
+        lock = self._locks.setdefault(node, asyncio.Lock())
+        async with lock:
+            conn = self._conns.get(node)
+            if conn is not None and not conn.closed:
+                return conn
+            where = self._address(node)
+            if where is None:
+                raise PeerUnavailable(f"broker {node} is not live")
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(*where),
+                                                        self._timeout)
+            except (OSError, TimeoutError) as exc:
+                raise PeerUnavailable(f"broker {node} at {where[0]}:{where[1]}: {exc}") from None
+            conn = self._conns[node] = _Connection(reader, writer)
+            return conn
+
+    async def close(self) -> None:
+        conns, self._conns = self._conns, {}
+        for conn in conns.values():
+            await conn.close()
