@@ -193,7 +193,8 @@ class Broker:
 
             async def remote(node: int, pid: int, epoch: int, commit: bool, cepoch: int,
                              parts: list[tuple[str, int]]) -> dict[tuple[str, int], str | None]:
-                return await send_markers(peers, node, pid, epoch, commit, cepoch, parts)
+                return await send_markers(peers.request, node, pid, epoch, commit, cepoch,
+                                          parts)
 
             self.transactions.remote_markers = remote
         await self.coordinator.start(create=not cluster)

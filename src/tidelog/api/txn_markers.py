@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from kio.schema.types import ProducerId, TopicName
@@ -17,7 +18,6 @@ from kio.schema.write_txn_markers.v1 import request as markers_req
 from kio.static.primitive import i16, i32
 
 from tidelog.api.base import NONE, Api, Context, error, make, response_module
-from tidelog.net.peer import PeerClient
 from tidelog.partition.producer_state import ProducerStateError
 from tidelog.protocol.codec import RequestHeader
 from tidelog.stream.stream import StreamError
@@ -78,7 +78,11 @@ async def handle_write_txn_markers(ctx: Context, header: RequestHeader, req: Any
     return make(mod.WriteTxnMarkersResponse, markers=tuple(results))
 
 
-async def send_markers(peers: PeerClient, node: int, producer_id: int, producer_epoch: int,
+Send = Callable[[int, Any], Awaitable[Any]]
+"""(broker node, kio request) -> its response: the inter-broker client."""
+
+
+async def send_markers(send: Send, node: int, producer_id: int, producer_epoch: int,
                        commit: bool, coordinator_epoch: int,
                        partitions: list[tuple[str, int]]) -> dict[tuple[str, int], str | None]:
     """Ask broker `node` to end the transaction in `partitions` (which it owns)."""
@@ -92,7 +96,7 @@ async def send_markers(peers: PeerClient, node: int, producer_id: int, producer_
             name=TopicName(t), partition_indexes=tuple(i32(i) for i in ps))
             for t, ps in by_topic.items()),
         coordinator_epoch=i32(coordinator_epoch)),))
-    resp = await peers.request(node, req)
+    resp = await send(node, req)
     out: dict[tuple[str, int], str | None] = {}
     for m in resp.markers:
         for t in m.topics:

@@ -17,6 +17,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from tidelog.metrics import kafka, storage
+from tidelog.metrics.cluster import cluster
 
 if TYPE_CHECKING:
     from tidelog.server import Broker
@@ -48,6 +49,9 @@ class BrokerCollector(Collector):
         ]
         if coordinator is not None:
             out.append(lambda: kafka.consumer_groups(coordinator.offsets, topics))
+        membership, election = b.membership, b.election
+        if membership is not None:
+            out.append(lambda: cluster(membership, election, engine))
         log_manager = b.log_manager
         if log_manager is not None:
             out.append(lambda: storage.log_cleanup(log_manager))

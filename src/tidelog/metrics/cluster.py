@@ -1,0 +1,28 @@
+"""Cluster-mode families: this broker's lease, whether it is the controller, the live
+brokers it knows, the streams it owns and the ones fenced away from it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import Metric
+
+from tidelog.controller.election import ControllerElection
+from tidelog.controller.membership import Membership
+from tidelog.metrics.families import counter, gauge
+from tidelog.stream.engine import StreamEngine
+
+
+def cluster(membership: Membership, election: ControllerElection | None,
+            engine: StreamEngine) -> Iterator[Metric]:
+    yield gauge("tidelog_broker_lease_remaining_seconds",
+                "Seconds this broker may still acknowledge writes without a lease renewal "
+                "(0: fenced)", membership.remaining())
+    yield gauge("tidelog_controller", "1 on the active controller",
+                1.0 if election is not None and election.active else 0.0)
+    yield gauge("tidelog_cluster_live_brokers", "Brokers registered in the cluster",
+                len(membership.live))
+    yield gauge("tidelog_streams_owned", "Streams (partitions) open on this broker",
+                len(engine.streams))
+    yield counter("tidelog_stream_fenced", "Streams closed because an upload commit "
+                  "found another owner or epoch", engine.fenced_streams)
