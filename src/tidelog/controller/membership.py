@@ -91,20 +91,37 @@ class Membership:
         return self.record.node_id
 
     async def register(self) -> None:
-        """Take the lease and the registration; `NodeIdInUse` if another broker has it."""
+        """Take the lease and the registration. A registration still held waits out one
+        session timeout (a broker restarted after kill -9 finds its previous lease alive
+        until the database expires it); held past that, it is another live broker:
+        `NodeIdInUse`."""
         sent = self._clock()
         self.lease = await self.meta.grant_lease(self.ttl)
-        try:
-            await self.meta.put_if(broker_key(self.node_id), self.record.encode(), 0,
-                                   lease=self.lease)
-        except Fenced:
-            await self.meta.revoke_lease(self.lease)
-            self.lease = 0
+        give_up = self._clock() + self.ttl + self.margin
+        waited = False
+        while True:
+            try:
+                await self.meta.put_if(broker_key(self.node_id), self.record.encode(), 0,
+                                       lease=self.lease)
+                break
+            except Fenced:
+                pass
             entry = await self.meta.get(broker_key(self.node_id))
             holder = BrokerRecord.decode(entry.value) if entry else None
-            where = f" ({holder.host}:{holder.port})" if holder else ""
-            raise NodeIdInUse(f"node.id {self.node_id} is already registered by a live "
-                              f"broker{where}; give each broker its own node.id") from None
+            if self._clock() >= give_up:
+                await self.meta.revoke_lease(self.lease)
+                self.lease = 0
+                where = f" ({holder.host}:{holder.port})" if holder else ""
+                raise NodeIdInUse(f"node.id {self.node_id} is already registered by a live "
+                                  f"broker{where}; give each broker its own node.id")
+            if not waited:
+                log.warning("node.id %d is still registered (a previous run of this broker, "
+                            "or another one): waiting up to %.0fs for it to expire",
+                            self.node_id, self.ttl + self.margin)
+                waited = True
+            await asyncio.sleep(0.25)
+            sent = self._clock()
+            await self.meta.keep_alive(self.lease)  # ours must outlive the wait
         self._set_deadline(sent)
         listing = await self.meta.list_all(BROKERS)
         self.live = {r.node_id: r for r in (BrokerRecord.decode(e.value) for e in listing)}
