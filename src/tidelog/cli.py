@@ -3,7 +3,8 @@
 `tidelog transactions [--bootstrap-server HOST:PORT]`,
 `tidelog topics list|describe|create|delete|alter`, `tidelog configs describe|alter`,
 `tidelog cost [--from-metrics URL]`,
-`tidelog status [--metrics-url URL]`."""
+`tidelog status [--metrics-url URL]`,
+`tidelog cluster up|status|kill NODE|start NODE|down [--dir DIR]`."""
 
 from __future__ import annotations
 
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     from tidelog.tools import topics_command
 
     topics_command.add_commands(sub)
+    from tidelog.tools import cluster
+
+    cluster.add_commands(sub)
     st = sub.add_parser("status", help="a broker's key figures, from its metrics endpoint")
     st.add_argument("--metrics-url", default="http://localhost:9464/metrics")
     st.add_argument("--interval", type=float, default=1.0,
@@ -84,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         return _status(args)
     if args.command == "cost":
         return _cost(args)
+    if args.command == "cluster":
+        return cluster.run(args)
     try:
         config = Config.load(args.config, _overrides(args.set))
     except (ConfigError, OSError) as exc:

@@ -95,6 +95,7 @@ class Broker:
         self.membership: Membership | None = None
         self.election: ControllerElection | None = None
         self.peers: PeerClient | None = None
+        self.authorizer: Authorizer | None = None
         self.node_id = 0
         # every object store the broker opens is wrapped to count into this (the WAL's too)
         self.store_stats = ObjectStoreStats()
@@ -210,6 +211,7 @@ class Broker:
                                 allow_if_no_acl=c.get_bool("allow.everyone.if.no.acl.found"),
                                 super_users=parse_super_users(c.get_str("super.users")))
         await authorizer.load()
+        self.authorizer = authorizer
         ctx = Context(info, self.topics, self.coordinator, broker_cfg,
                       transactions=self.transactions, authorizer=authorizer,
                       cluster=self._cluster_view())
@@ -261,6 +263,8 @@ class Broker:
                 log.warning("producer state snapshot failed: %r", exc)
         if self.peers is not None:
             await self.peers.close()
+        if self.authorizer is not None:
+            await self.authorizer.close()
         if self.election is not None:
             await self.election.stop()
         if self.topics is not None:

@@ -185,6 +185,48 @@ def test_topic_created_on_one_broker_is_used_through_another_within_a_second(
     assert len(consume(cluster.brokers[3].bootstrap, "fresh", 3)) == 3
 
 
+def test_an_acl_created_on_one_broker_is_enforced_by_another(cluster: Cluster) -> None:
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import (
+        AclBinding,
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    create(cluster.brokers[1].bootstrap, "acl-t", 3)
+    deny = AclBinding(ResourceType.TOPIC, "acl-t", ResourcePatternType.LITERAL,
+                      "User:ANONYMOUS", "*", AclOperation.WRITE, AclPermissionType.DENY)
+    admin2 = AdminClient({"bootstrap.servers": cluster.brokers[2].bootstrap})
+    for f in admin2.create_acls([deny]).values():
+        f.result(10)
+    started = time.monotonic()
+
+    def refused_by_3() -> bool:
+        p = Producer({"bootstrap.servers": cluster.brokers[3].bootstrap,
+                      "message.timeout.ms": 3000, "retries": 0})
+        errors: list[object] = []
+        p.produce("acl-t", value=b"x", partition=0, on_delivery=lambda e, _m: errors.append(e))
+        p.flush(5)
+        return bool(errors) and errors[0] is not None and \
+            "authorization" in str(errors[0]).lower()
+
+    try:
+        wait_for(refused_by_3, timeout=10, what="broker 3 to enforce the ACL")
+        assert time.monotonic() - started < 5  # one produce round trip after propagation
+    finally:
+        flt = AclBindingFilter(ResourceType.TOPIC, "acl-t", ResourcePatternType.LITERAL,
+                               None, None, AclOperation.ANY, AclPermissionType.ANY)
+        for f in admin2.delete_acls([flt]).values():
+            try:
+                f.result(10)
+            except KafkaException:
+                pass
+    wait_for(lambda: not refused_by_3(), timeout=10, what="broker 3 to drop the ACL")
+
+
 def test_group_coordinated_on_one_broker_consumes_from_all_and_commits_survive_restart(
         cluster: Cluster) -> None:
     bootstrap = cluster.brokers[2].bootstrap

@@ -5,10 +5,15 @@ The rules are Kafka's: a super user may do anything; a DENY that matches wins; a
 with no binding at all is open when `allow.everyone.if.no.acl.found` (Tidelog's default,
 since a broker without bindings must serve everyone, as Kafka does with no authorizer);
 otherwise an ALLOW must match the principal (or `User:*`), the host (or `*`) and the
-operation (or ALL, or one that implies it: READ allows DESCRIBE)."""
+operation (or ALL, or one that implies it: READ allows DESCRIBE).
+
+On a cluster every broker follows `acls/` with a watch, so a binding created or deleted
+through any broker is enforced by all of them within the watch's delay."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,13 +30,15 @@ from tidelog.api.acl_model import (
     Permission,
     ResourceType,
 )
-from tidelog.metadata.base import MetadataStore, Txn
+from tidelog.metadata.base import Listing, MetadataStore, Txn, WatchEvent, close_watch
 
 log = logging.getLogger(__name__)
 
 ACLS = "acls/"
 ANONYMOUS = "User:ANONYMOUS"
 """Every PLAINTEXT client's principal (no authentication)."""
+RETRY_SECONDS = 0.5
+"""Pause before watching again after a watch failed (the store is likely reconnecting)."""
 
 
 def _key(b: AclBinding) -> str:
@@ -51,27 +58,102 @@ class Authorizer:
         self.allow_if_no_acl = allow_if_no_acl
         self.super_users = frozenset(super_users)
         self._bindings: dict[AclBinding, str] = {}
+        self._keys: dict[str, AclBinding] = {}
         self._by_type: dict[ResourceType, list[AclBinding]] = {}
+        self._revision = 0
+        """The metadata revision the bindings reflect (0: not following the store)."""
+        self._watcher: asyncio.Task[None] | None = None
 
     async def load(self) -> None:
+        """Read the stored bindings, then follow their changes until `close`."""
         if self._meta is None:
             return
-        for e in await self._meta.list(ACLS):
-            try:
-                self._add(AclBinding.from_json(json.loads(e.value)), e.key)
-            except (ValueError, KeyError) as exc:
-                log.error("ignoring unreadable ACL record %s: %r", e.key, exc)
+        listing = await self._meta.list_all(ACLS)
+        for e in listing:
+            self._put(e.key, e.value)
+        self._revision = listing.revision
         if self._bindings:
             log.info("authorizer: %d ACL binding(s) loaded", len(self._bindings))
+        if self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(
+                self._follow(listing.revision), name="acl-watch")
 
-    def _add(self, b: AclBinding, key: str) -> None:
-        if b not in self._bindings:
-            self._bindings[b] = key
-            self._by_type.setdefault(b.resource_type, []).append(b)
+    async def close(self) -> None:
+        """Stop following the store."""
+        task, self._watcher = self._watcher, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
-    def _remove(self, b: AclBinding) -> None:
-        del self._bindings[b]
+    async def _follow(self, revision: int) -> None:
+        """Apply the changes after `revision` until the store closes; a failed watch is
+        started again from the last revision it may not have finished."""
+        assert self._meta is not None
+        floor = revision  # events at or below it are already in the bindings
+        while True:
+            events = self._meta.watch(ACLS, revision)
+            try:
+                async for ev in events:
+                    if ev.resync:
+                        floor = revision = self._replace(await self._meta.list_all(ACLS))
+                    elif ev.version > floor:
+                        self._apply(ev)
+                        # a transaction may hold more events at this revision: replay it
+                        revision = max(revision, ev.version - 1)
+                return  # the store closed
+            except Exception as exc:
+                log.warning("ACL watch failed, resuming in %.1fs: %r", RETRY_SECONDS, exc)
+            finally:
+                await close_watch(events)
+            await asyncio.sleep(RETRY_SECONDS)
+
+    def _apply(self, ev: WatchEvent) -> None:
+        if ev.value is None:
+            b = self._keys.get(ev.key)
+            if b is not None and self._remove(b):
+                log.info("ACL deleted (metadata): %s", b)
+        elif self._put(ev.key, ev.value):
+            log.info("ACL created (metadata): %s", self._keys[ev.key])
+        self._revision = max(self._revision, ev.version)
+
+    def _replace(self, listing: Listing) -> int:
+        """Make the bindings exactly those listed; returns the listing's revision."""
+        self._bindings, self._keys, self._by_type = {}, {}, {}
+        for e in listing:
+            self._put(e.key, e.value)
+        self._revision = listing.revision
+        log.info("authorizer: ACLs re-read, %d binding(s)", len(self._bindings))
+        return listing.revision
+
+    def _put(self, key: str, value: bytes) -> bool:
+        """Store one record; False when unreadable or already known."""
+        try:
+            b = AclBinding.from_json(json.loads(value))
+        except (ValueError, KeyError) as exc:
+            log.error("ignoring unreadable ACL record %s: %r", key, exc)
+            return False
+        old = self._keys.get(key)
+        if old is not None and old != b:
+            self._remove(old)
+        return self._add(b, key)
+
+    def _add(self, b: AclBinding, key: str) -> bool:
+        self._keys[key] = b
+        if b in self._bindings:
+            return False
+        self._bindings[b] = key
+        self._by_type.setdefault(b.resource_type, []).append(b)
+        return True
+
+    def _remove(self, b: AclBinding) -> bool:
+        """Idempotent: the watch may have removed it first."""
+        key = self._bindings.pop(b, None)
+        if key is None:
+            return False
+        self._keys.pop(key, None)
         self._by_type[b.resource_type].remove(b)
+        return True
 
     # -- administration ------------------------------------------------------------------
 
@@ -84,8 +166,10 @@ class Authorizer:
         if not new:
             return
         if self._meta is not None:
-            await self._meta.commit(Txn(puts=[(k, json.dumps(b.to_json()).encode())
-                                              for b, k in new.items()]))
+            revision = await self._meta.commit(Txn(puts=[(k, json.dumps(b.to_json()).encode())
+                                                         for b, k in new.items()]))
+            if not self._current(revision):
+                return
         for b, k in new.items():
             self._add(b, k)
             log.info("ACL created: %s", b)
@@ -96,12 +180,20 @@ class Authorizer:
         matched = [self.describe(f) for f in filters]
         gone = {b for group in matched for b in group}
         if gone:
+            revision = 0
             if self._meta is not None:
-                await self._meta.commit(Txn(deletes=[self._bindings[b] for b in gone]))
-            for b in gone:
-                self._remove(b)
-                log.info("ACL deleted: %s", b)
+                revision = await self._meta.commit(
+                    Txn(deletes=[self._bindings[b] for b in gone]))
+            if self._current(revision):
+                for b in gone:
+                    if self._remove(b):
+                        log.info("ACL deleted: %s", b)
         return matched
+
+    def _current(self, revision: int) -> bool:
+        """Our commit at `revision` may be applied here: the watch has not gone past it
+        (else it applied the commit already, and maybe a later change to the same key)."""
+        return revision >= self._revision
 
     # -- decisions -----------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 The state machine lives in `coordinator.consumer`; this module only translates. A group
 id held by an active classic group is refused as Kafka does (GROUP_ID_NOT_FOUND: "not a
-consumer group"), since one id cannot run both protocols at once.
+consumer group"), since one id cannot run both protocols at once. A group coordinated by
+another broker is answered NOT_COORDINATOR (after the authorization check).
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ def _not_consumer_group(group_id: str) -> str:
     return f"Group {group_id} is not a consumer group."
 
 
+def _elsewhere(group_id: str) -> str:
+    return f"Group {group_id} is not coordinated by this broker."
+
+
 async def handle_heartbeat(ctx: Context, header: RequestHeader, req: Any) -> Any:
     mod = response_module(CONSUMER_GROUP_HEARTBEAT, header.api_version)
 
@@ -46,6 +51,8 @@ async def handle_heartbeat(ctx: Context, header: RequestHeader, req: Any) -> Any
     if not ctx.allowed(header, Operation.READ, ResourceType.GROUP, req.group_id):
         return fail("group_authorization_failed", f"READ on group {req.group_id} is not "
                     "allowed")
+    if not coord.owns(req.group_id):
+        return fail("not_coordinator", _elsewhere(req.group_id))
     if coord.classic.has(req.group_id):
         return fail("group_id_not_found", _not_consumer_group(req.group_id))
     if header.api_version >= 1 and not req.member_id:
@@ -100,6 +107,8 @@ async def handle_describe(ctx: Context, header: RequestHeader, req: Any) -> Any:
         elif not ctx.allowed(header, Operation.DESCRIBE, ResourceType.GROUP, group_id):
             code = error("group_authorization_failed")
             message = f"DESCRIBE on group {group_id} is not allowed"
+        elif not ctx.coordinator.owns(group_id):
+            code, message = error("not_coordinator"), _elsewhere(group_id)
         elif ctx.coordinator.classic.has(group_id):
             code, message = error("group_id_not_found"), _not_consumer_group(group_id)
         elif g is None:

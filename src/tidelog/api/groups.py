@@ -2,7 +2,10 @@
 DescribeGroups, DeleteGroups.
 
 FindCoordinator names the owner of the id's partition of `__consumer_offsets` (groups) or
-`__transaction_state` (transactional ids), Kafka's mapping; on one broker, itself.
+`__transaction_state` (transactional ids), Kafka's mapping; on one broker, itself. Every
+other group request for a group coordinated elsewhere gets NOT_COORDINATOR (after the
+authorization check, so an unauthorized client learns nothing), which makes the client
+look the coordinator up again.
 The classic protocol's logic lives in `coordinator.classic`; these handlers translate
 between kio's messages (every version) and its calls. A group with committed offsets but
 no classic metadata (assign + commit consumers, admin tools) is shown as Kafka shows it:
@@ -33,11 +36,21 @@ FIND_COORDINATOR, JOIN_GROUP, HEARTBEAT, LEAVE_GROUP, SYNC_GROUP = 10, 11, 12, 1
 DESCRIBE_GROUPS, LIST_GROUPS, DELETE_GROUPS = 15, 16, 42
 KEY_TYPES = {0: "group", 1: "transaction"}
 DENIED = "group_authorization_failed"
+NOT_COORDINATOR = "not_coordinator"
 ZERO = timedelta(0)
 
 
 def _may(ctx: Context, header: RequestHeader, op: Operation, group_id: str) -> bool:
     return ctx.allowed(header, op, ResourceType.GROUP, group_id)
+
+
+def _refused(ctx: Context, header: RequestHeader, op: Operation, group_id: str) -> str | None:
+    """Why this broker will not serve a request for the group (None: it will)."""
+    if not _may(ctx, header, op, group_id):
+        return DENIED
+    if not ctx.coordinator.owns(group_id):
+        return NOT_COORDINATOR
+    return None
 
 
 def _code(name: str | None) -> Any:
@@ -102,8 +115,9 @@ async def handle_find_coordinator(ctx: Context, header: RequestHeader, req: Any)
 async def handle_join_group(ctx: Context, header: RequestHeader, req: Any) -> Any:
     v = header.api_version
     mod = response_module(JOIN_GROUP, v)
-    if not _may(ctx, header, Operation.READ, req.group_id):
-        return make(mod.JoinGroupResponse, throttle_time=ZERO, error_code=error(DENIED),
+    refused = _refused(ctx, header, Operation.READ, req.group_id)
+    if refused is not None:
+        return make(mod.JoinGroupResponse, throttle_time=ZERO, error_code=error(refused),
                     generation_id=-1, protocol_type=None,
                     protocol_name=None if v >= 7 else "", leader="", skip_assignment=False,
                     member_id=req.member_id, members=())
@@ -131,8 +145,9 @@ async def handle_join_group(ctx: Context, header: RequestHeader, req: Any) -> An
 
 async def handle_sync_group(ctx: Context, header: RequestHeader, req: Any) -> Any:
     mod = response_module(SYNC_GROUP, header.api_version)
-    if not _may(ctx, header, Operation.READ, req.group_id):
-        return make(mod.SyncGroupResponse, throttle_time=ZERO, error_code=error(DENIED),
+    refused = _refused(ctx, header, Operation.READ, req.group_id)
+    if refused is not None:
+        return make(mod.SyncGroupResponse, throttle_time=ZERO, error_code=error(refused),
                     protocol_type=None, protocol_name=None, assignment=b"")
     result = await ctx.coordinator.classic.sync(
         req.group_id, req.generation_id, req.member_id,
@@ -146,8 +161,9 @@ async def handle_sync_group(ctx: Context, header: RequestHeader, req: Any) -> An
 
 async def handle_heartbeat(ctx: Context, header: RequestHeader, req: Any) -> Any:
     mod = response_module(HEARTBEAT, header.api_version)
-    if not _may(ctx, header, Operation.READ, req.group_id):
-        return make(mod.HeartbeatResponse, throttle_time=ZERO, error_code=error(DENIED))
+    refused = _refused(ctx, header, Operation.READ, req.group_id)
+    if refused is not None:
+        return make(mod.HeartbeatResponse, throttle_time=ZERO, error_code=error(refused))
     err = ctx.coordinator.classic.heartbeat(req.group_id, req.member_id,
                                             getattr(req, "group_instance_id", None),
                                             req.generation_id)
@@ -157,8 +173,9 @@ async def handle_heartbeat(ctx: Context, header: RequestHeader, req: Any) -> Any
 async def handle_leave_group(ctx: Context, header: RequestHeader, req: Any) -> Any:
     v = header.api_version
     mod = response_module(LEAVE_GROUP, v)
-    if not _may(ctx, header, Operation.READ, req.group_id):
-        return make(mod.LeaveGroupResponse, throttle_time=ZERO, error_code=error(DENIED),
+    refused = _refused(ctx, header, Operation.READ, req.group_id)
+    if refused is not None:
+        return make(mod.LeaveGroupResponse, throttle_time=ZERO, error_code=error(refused),
                     members=())
     if v < 3:
         leaving: list[tuple[str, str | None]] = [(req.member_id, None)]
@@ -174,13 +191,14 @@ async def handle_leave_group(ctx: Context, header: RequestHeader, req: Any) -> A
 
 
 def _all_groups(ctx: Context) -> list[tuple[str, str, str, str]]:
-    """(group id, state, protocol type, group type) of every group this broker knows."""
+    """(group id, state, protocol type, group type) of every group this broker coordinates
+    (Kafka's ListGroups asks every broker and merges: a group is listed by its owner only)."""
     coord = ctx.coordinator
     out = [(g, state, ptype, "classic") for g, state, ptype in coord.classic.list()]
     out += [(g, state, ptype, "consumer") for g, state, ptype in coord.consumer.list()]
     known = {g for g, *_ in out}
     out += [(g, "Empty", "", "classic") for g in sorted(coord.offsets.groups() - known)]
-    return out
+    return [row for row in out if coord.owns(row[0])]
 
 
 async def handle_list_groups(ctx: Context, header: RequestHeader, req: Any) -> Any:
@@ -198,9 +216,11 @@ async def handle_list_groups(ctx: Context, header: RequestHeader, req: Any) -> A
 
 def _described(mod: Any, version: int, group_id: str, summary: GroupSummary | None,
                why: str = "not found", ops: int = NO_OPERATIONS) -> Any:
-    if why == DENIED:
-        return make(mod.DescribedGroup, error_code=error(DENIED),
-                    error_message=f"DESCRIBE on group {group_id} is not allowed",
+    if why in (DENIED, NOT_COORDINATOR):
+        return make(mod.DescribedGroup, error_code=error(why),
+                    error_message=(f"DESCRIBE on group {group_id} is not allowed"
+                                   if why == DENIED else
+                                   f"group {group_id} is not coordinated by this broker"),
                     group_id=group_id, group_state="", protocol_type="", protocol_data="",
                     members=(), authorized_operations=NO_OPERATIONS)
     if summary is None:
@@ -227,8 +247,9 @@ async def handle_describe_groups(ctx: Context, header: RequestHeader, req: Any) 
     out = []
     with_ops = getattr(req, "include_authorized_operations", False)
     for group_id in req.groups:
-        if not _may(ctx, header, Operation.DESCRIBE, group_id):
-            out.append(_described(mod, v, group_id, None, DENIED))
+        refused = _refused(ctx, header, Operation.DESCRIBE, group_id)
+        if refused is not None:
+            out.append(_described(mod, v, group_id, None, refused))
             continue
         ops = (ctx.operations(header, ResourceType.GROUP, group_id) if with_ops
                else NO_OPERATIONS)
@@ -258,8 +279,8 @@ async def handle_delete_groups(ctx: Context, header: RequestHeader, req: Any) ->
     mod = response_module(DELETE_GROUPS, header.api_version)
     results = []
     for group_id in req.groups_names:
-        err = (await _delete_group(ctx, group_id)
-               if _may(ctx, header, Operation.DELETE, group_id) else DENIED)
+        err = (_refused(ctx, header, Operation.DELETE, group_id)
+               or await _delete_group(ctx, group_id))
         if err is not None:
             log.info("DeleteGroups %s: %s", group_id, err)
         results.append(make(mod.DeletableGroupResult, group_id=group_id, error_code=_code(err)))

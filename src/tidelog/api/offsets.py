@@ -4,6 +4,8 @@ Membership is checked by the protocol that owns the group (classic or KIP-848); 
 with no active members takes commits only without a generation (-1), as Kafka lets
 assign-only consumers and admin tools keep "simple" group offsets. The offsets themselves
 live in `coordinator.offsets.OffsetStore` (one durable state-log write per commit).
+A group coordinated by another broker is answered NOT_COORDINATOR (after the authorization
+check), so the client finds its coordinator again.
 """
 
 from __future__ import annotations
@@ -41,14 +43,26 @@ def _may(ctx: Context, header: RequestHeader, op: Operation, rtype: ResourceType
     return ctx.allowed(header, op, rtype, name)
 
 
+def _group_refused(ctx: Context, header: RequestHeader, op: Operation,
+                   group_id: str) -> ErrorCode | None:
+    """The group-level refusal of a request (None: served here): invalid id, then
+    authorization (an unauthorized client learns nothing more), then coordination."""
+    if not group_id:
+        return error("invalid_group_id")
+    if not _may(ctx, header, op, ResourceType.GROUP, group_id):
+        return error("group_authorization_failed")
+    if not ctx.coordinator.owns(group_id):
+        return error("not_coordinator")
+    return None
+
+
 def _commit_error(ctx: Context, header: RequestHeader, req: Any) -> ErrorCode | None:
     """The request-level error of an OffsetCommit, None when it may commit."""
     group_id, generation = req.group_id, req.generation_id_or_member_epoch
     version = header.api_version
-    if not group_id:
-        return error("invalid_group_id")
-    if not _may(ctx, header, Operation.READ, ResourceType.GROUP, group_id):
-        return error("group_authorization_failed")
+    refused = _group_refused(ctx, header, Operation.READ, group_id)
+    if refused is not None:
+        return refused
     coord = ctx.coordinator
     kind = coord.group_kind(group_id)
     if kind == "classic":
@@ -115,10 +129,9 @@ def _fetch_group(ctx: Context, header: RequestHeader, group_id: str,
                  ) -> tuple[ErrorCode, list[tuple[str, list[Row]]]]:
     """(group error, [(topic, [(partition, offset, leader epoch, metadata, error)])]).
     Topics the client may not DESCRIBE are refused by name and left out of "all"."""
-    if not group_id:
-        return error("invalid_group_id"), []
-    if not _may(ctx, header, Operation.DESCRIBE, ResourceType.GROUP, group_id):
-        return error("group_authorization_failed"), []
+    refused = _group_refused(ctx, header, Operation.DESCRIBE, group_id)
+    if refused is not None:
+        return refused, []
     coord = ctx.coordinator
     if coord.group_kind(group_id) == "consumer" and (member_id is not None or member_epoch >= 0):
         # KIP-848 members fetch with their id and epoch (v9): a stale member must rejoin.
@@ -195,10 +208,9 @@ async def handle_offset_delete(ctx: Context, header: RequestHeader, req: Any) ->
         return make(mod.OffsetDeleteResponse, error_code=code, throttle_time=timedelta(0),
                     topics=topics)
 
-    if not group_id:
-        return answer(error("invalid_group_id"))
-    if not _may(ctx, header, Operation.DELETE, ResourceType.GROUP, group_id):
-        return answer(error("group_authorization_failed"))
+    refused = _group_refused(ctx, header, Operation.DELETE, group_id)
+    if refused is not None:
+        return answer(refused)
     kind = coord.group_kind(group_id)
     if kind is None and group_id not in coord.offsets.groups():
         return answer(error("group_id_not_found"))
