@@ -51,9 +51,14 @@ def cluster(postgres: LocalPostgres, tmp_path_factory: pytest.TempPathFactory
 
 
 def create(bootstrap: str, name: str, partitions: int = PARTITIONS) -> None:
+    """Create a topic and wait until the creating broker knows every partition's leader
+    (the other brokers learn of the owners' opens through their watches, moments later:
+    clients retry a LEADER_NOT_AVAILABLE meanwhile)."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     for f in admin.create_topics([NewTopic(name, partitions)], operation_timeout=20).values():
         f.result(30)
+    wait_for(lambda: -1 not in leaders(bootstrap, name).values(), timeout=30,
+             what=f"leaders of {name}")
 
 
 def leaders(bootstrap: str, topic: str) -> dict[int, int]:
