@@ -83,3 +83,29 @@ def test_long_poll_waits_and_wakes_on_append(broker: BrokerProcess) -> None:
     assert partitions_in(resp) == {0: 1}
     assert 0.2 < waited < 5, waited  # woken by the append, not by the timeout
     c.close()
+
+
+def test_leader_epoch_of_the_client_is_checked(broker: BrokerProcess) -> None:
+    """KIP-320: a fetch naming an older leader epoch than the partition's gets
+    FENCED_LEADER_EPOCH (the client refreshes metadata), a newer one UNKNOWN_LEADER_EPOCH;
+    -1 is not checked. A restart opens the partition with a new epoch."""
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin.create_topics([NewTopic("s", 1, 1)])["s"].result(10)
+    produce(broker.bootstrap, 0, 2)
+    broker.restart()
+    c = RawClient("127.0.0.1", broker.port)
+
+    def code(leader_epoch: int) -> ErrorCode:
+        resp = c.request(fr.FetchRequest(
+            max_wait=datetime.timedelta(0), min_bytes=1, session_id=0, session_epoch=-1,
+            topics=(fr.FetchTopic(topic="s", partitions=(fr.FetchPartition(
+                partition=0, fetch_offset=0, partition_max_bytes=1 << 20,
+                current_leader_epoch=leader_epoch),)),), forgotten_topics_data=()))
+        return resp.responses[0].partitions[0].error_code  # type: ignore[no-any-return]
+
+    accepted = [e for e in range(6) if code(e) == ErrorCode.none]
+    assert len(accepted) == 1 and accepted[0] >= 2  # one epoch, bumped by the restart
+    epoch = accepted[0]
+    assert code(epoch - 1) == ErrorCode.fenced_leader_epoch
+    assert code(epoch + 1) == ErrorCode.unknown_leader_epoch
+    assert code(epoch) == ErrorCode.none and code(-1) == ErrorCode.none

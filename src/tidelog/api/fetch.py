@@ -56,8 +56,9 @@ def _requested(ctx: Context, req: Any) -> tuple[dict[PartitionKey, SessionPartit
             if name is None:
                 unknown.append((getattr(t, "topic_id", None), p.partition))
             else:
-                wanted[(name, p.partition)] = SessionPartition(p.fetch_offset,
-                                                               p.partition_max_bytes)
+                wanted[(name, p.partition)] = SessionPartition(
+                    p.fetch_offset, p.partition_max_bytes,
+                    leader_epoch=getattr(p, "current_leader_epoch", -1))
     return wanted, unknown
 
 
@@ -91,6 +92,7 @@ async def handle_fetch(ctx: Context, header: RequestHeader, req: Any) -> Any:
                     session.partitions[key] = sp
                 else:
                     known.fetch_offset, known.max_bytes = sp.fetch_offset, sp.max_bytes
+                    known.leader_epoch = sp.leader_epoch
             for t in getattr(req, "forgotten_topics_data", ()):
                 name = _name(ctx, t)
                 for index in t.partitions:
@@ -223,9 +225,13 @@ async def _read_all(
 def _answer_without_data(p: Partition | None, sp: SessionPartition,
                          committed: bool) -> Read | None:
     """The answer for a partition with nothing to read (unknown, out of range, caught
-    up), or None when there is data to read."""
+    up, a leader epoch other than ours), or None when there is data to read."""
     if p is None:
         return Read(error("unknown_topic_or_partition"), -1, -1, -1, [])
+    if 0 <= sp.leader_epoch != p.leader_epoch:  # KIP-320: the client's view is stale/ahead
+        code = "fenced_leader_epoch" if sp.leader_epoch < p.leader_epoch else \
+            "unknown_leader_epoch"
+        return Read(error(code), -1, -1, -1, [])
     hw, start = p.high_watermark, p.log_start_offset
     if sp.fetch_offset < start or sp.fetch_offset > hw:
         return Read(error("offset_out_of_range"), hw, p.last_stable_offset, start, [])

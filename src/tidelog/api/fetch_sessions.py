@@ -18,6 +18,8 @@ class SessionPartition:
     max_bytes: int
     last_hw: int = -1
     last_start: int = -1
+    leader_epoch: int = -1
+    """The leader epoch the client believes current (-1: not checked), KIP-320."""
 
 
 @dataclass(slots=True)
