@@ -157,9 +157,16 @@ class Broker:
         await self.topics.load()
         if self.membership is not None:
             membership = self.membership
-            self.election = ControllerElection(
-                self.meta, node_id, lambda: membership.lease,
-                on_change=lambda active: setattr(engine, "cluster_jobs", active))
+            topics = self.topics
+
+            def controller_changed(active: bool) -> None:
+                engine.cluster_jobs = active
+                if active:
+                    topics.place_unplaced()  # what was created while there was none
+
+            self.election = election = ControllerElection(
+                self.meta, node_id, lambda: membership.lease, on_change=controller_changed)
+            topics.is_controller = lambda: election.active
             await self.election.start()
         self.log_manager = LogManager(self.topics, LogManagerConfig(
             retention_check_interval=c.get_int("log.retention.check.interval.ms") / 1000,

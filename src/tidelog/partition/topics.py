@@ -19,11 +19,19 @@ import json
 import logging
 import re
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tidelog.metadata.base import Fenced, MetadataError, MetadataStore, WatchEvent, close_watch
+from tidelog.metadata.base import (
+    Fenced,
+    MetadataError,
+    MetadataStore,
+    Txn,
+    WatchEvent,
+    close_watch,
+)
 from tidelog.partition.partition import DEFAULT_CONFIG, PRODUCERS, Partition
 from tidelog.partition.topic_config import (
     InvalidConfig,
@@ -33,7 +41,7 @@ from tidelog.partition.topic_config import (
     validate,
     validate_broker,
 )
-from tidelog.stream.engine import STREAMS, StreamEngine, decode_stream
+from tidelog.stream.engine import STREAMS, StreamEngine, decode_stream, encode_stream
 from tidelog.stream.objects import meta_key
 from tidelog.stream.stream import Stream
 
@@ -109,7 +117,10 @@ class TopicManager:
         self.engine = engine
         self.meta = meta
         self.placer = placer
-        """Set in cluster mode: where new partitions go."""
+        """Set in cluster mode: where new partitions go (used by the controller only)."""
+        self.is_controller: Callable[[], bool] = lambda: False
+        self._placing: asyncio.Task[None] | None = None
+        self._place_again = False
         self.cluster = engine.cluster
         self.streams: dict[int, tuple[int, int]] = {}
         """Cluster mode: stream id -> (owner node, epoch), from `/streams/`."""
@@ -286,8 +297,67 @@ class TopicManager:
         m = decode_stream(event.key, event.value, event.version)
         self.streams[sid] = (m.owner, m.epoch)
         self._stream_changed.set()
-        if m.owner == self.engine.node_id and sid not in self.engine.streams:
+        if m.owner < 0:
+            self.place_unplaced()
+        elif m.owner == self.engine.node_id and sid not in self.engine.streams:
             await self._open(sid)
+
+    # ---- cluster mode: placement, on the controller --------------------------------------
+
+    def place_unplaced(self) -> None:
+        """On the controller: give every stream without an owner one (new partitions
+        created through any broker, or left unplaced while there was no controller)."""
+        if self.placer is None or not self.is_controller():
+            return
+        if self._placing is not None and not self._placing.done():
+            self._place_again = True
+            return
+        self._placing = asyncio.get_running_loop().create_task(self._place_all(),
+                                                               name="placement")
+
+    async def _place_all(self) -> None:
+        while True:
+            self._place_again = False
+            sids = sorted(sid for sid, (owner, _e) in self.streams.items() if owner < 0)
+            if sids and self.is_controller():
+                try:
+                    await self._place(sids)
+                except Exception as exc:  # the next stream event (or election) retries
+                    log.warning("placing %d partitions failed: %r", len(sids), exc)
+            if not self._place_again:
+                return
+
+    async def _place(self, sids: list[int]) -> None:
+        assert self.placer is not None
+        owners = await self.placer(len(sids))
+        txn = Txn()
+        placed = []
+        for sid, owner in zip(sids, owners, strict=True):
+            entry = await self.meta.get(meta_key(STREAMS, sid))
+            if entry is None:
+                continue
+            m = decode_stream(entry.key, entry.value, entry.version)
+            if m.owner >= 0:
+                continue
+            m.owner = owner
+            txn.compares.append((entry.key, entry.version))
+            txn.puts.append((entry.key, encode_stream(m)))
+            placed.append((sid, owner, m.epoch))
+        if not placed:
+            return
+        try:
+            await self.meta.commit(txn)
+        except Fenced:
+            self._place_again = True  # changed meanwhile: read again
+            return
+        for sid, owner, epoch in placed:
+            self.streams[sid] = (owner, epoch)
+        self._stream_changed.set()
+        log.info("placed %d partitions: %s", len(placed),
+                 dict(sorted(Counter(o for _s, o, _e in placed).items())))
+        for sid, owner, _epoch in placed:
+            if owner == self.engine.node_id:
+                await self._open(sid)
 
     async def _open(self, sid: int) -> None:
         """Open a stream placed on this broker and serve its partition."""
@@ -468,14 +538,16 @@ class TopicManager:
         return topic
 
     async def _new_streams(self, count: int) -> list[int]:
-        """Streams for new partitions: opened here on a single broker; on a cluster placed
-        by the placer (the owners open them; ours are opened at once)."""
+        """Streams for new partitions: opened here on a single broker; on a cluster
+        written unplaced, for the controller to place (here at once if this broker is
+        the controller; else through its watch), and the owners open them."""
         if self.placer is None:
             return [s.stream_id for s in await self.engine.create_streams(count)]
-        owners = await self.placer(count)
-        sids = await self.engine.create_stream_records(owners)
-        for sid, owner in zip(sids, owners, strict=True):
-            self.streams[sid] = (owner, 0)
+        sids = await self.engine.create_stream_records([-1] * count)
+        for sid in sids:
+            self.streams.setdefault(sid, (-1, 0))
+        if self.is_controller():
+            await self._place(sids)
         return sids
 
     async def _serve_new(self, sids: list[int]) -> None:

@@ -1,0 +1,33 @@
+"""Placement of new partitions: fewest partitions first, racks interleaved, ties by id."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from tidelog.controller.placement import Candidate, place
+
+
+def test_even_over_brokers_and_racks() -> None:
+    brokers = [Candidate(1, "a"), Candidate(2, "b"), Candidate(3, "c")]
+    assert place(12, brokers, {}) == [1, 2, 3] * 4
+
+
+def test_fills_the_least_loaded_first() -> None:
+    brokers = [Candidate(1, "a"), Candidate(2, "b"), Candidate(3, "c")]
+    owners = place(6, brokers, {1: 5, 2: 1})
+    assert Counter(owners) == {2: 3, 3: 3}  # the loaded broker 1 gets none
+
+
+def test_unbalanced_zones_still_spread() -> None:
+    brokers = [Candidate(1, "a"), Candidate(2, "a"), Candidate(3, "b")]
+    owners = place(3, brokers, {})
+    assert owners == [1, 3, 2]  # the second partition goes to the other zone
+    racks = Counter({1: "a", 2: "a", 3: "b"}[o] for o in place(30, brokers, {}))
+    assert racks == {"a": 20, "b": 10}  # every broker gets its share
+
+
+def test_no_broker() -> None:
+    with pytest.raises(ValueError):
+        place(1, [], {})
