@@ -494,3 +494,23 @@ def test_a_broker_whose_lease_is_revoked_acknowledges_nothing(cluster: Cluster) 
              .list_topics(timeout=5).brokers, what="broker 3 to rejoin")
     got = consume(cluster.brokers[1].bootstrap, "fenced", 100, timeout=5)
     assert all(v != b"after-revoke" for _, _, v in got)
+
+
+def test_cluster_metrics_are_exported(cluster: Cluster) -> None:
+    import re
+    import urllib.request
+
+    doc = (Path(__file__).parents[2] / "docs" / "metrics.md").read_text()
+    section = doc.split("\n## Cluster", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `(tidelog_[a-z_]+)`", section, re.M))
+    assert len(documented) >= 5
+    controllers = 0
+    for b in cluster.brokers.values():
+        text = urllib.request.urlopen(b.metrics_url, timeout=10).read().decode()
+        for name in documented:
+            assert re.search(rf"^{name}(\{{| )", text, re.M), name
+        controllers += int(float(re.search(r"^tidelog_controller (\S+)", text, re.M)[1]))
+        lease = float(re.search(r"^tidelog_broker_lease_remaining_seconds (\S+)", text,
+                                re.M)[1])
+        assert lease > 0
+    assert controllers == 1
