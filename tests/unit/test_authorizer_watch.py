@@ -34,7 +34,7 @@ def only_alice_reads(topic: str) -> AclBinding:
 
 
 def anonymous_reads(a: Authorizer, topic: str) -> bool:
-    return a.authorize(ANONYMOUS, "10.0.0.1", Operation.READ, T, topic)
+    return a.authorize(ANONYMOUS, "127.0.0.2", Operation.READ, T, topic)
 
 
 async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
