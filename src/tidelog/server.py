@@ -190,6 +190,7 @@ class Broker:
             partitions=c.get_int("transaction.state.log.num.partitions"),
         ))
         self.topics.open_listeners += [self.coordinator.opened, self.transactions.opened]
+        self.topics.close_listeners += [self.coordinator.closed, self.transactions.closed]
         if self.membership is not None:
             membership = self.membership
 

@@ -11,7 +11,9 @@ with a taken node.id refused, and a broker whose lease is revoked acknowledging 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import subprocess
 import time
 import uuid
@@ -20,11 +22,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from tests.integration.broker import BrokerProcess
 from tests.integration.cluster import Cluster, wait_for
+from tidelog.coordinator.state_log import partition_for
+from tidelog.metadata.uri import open_metadata
+from tidelog.partition.topics import TOPICS
+from tidelog.stream.engine import STREAMS
+from tidelog.stream.objects import meta_key
 from tidelog.tools.local_postgres import LocalPostgres
 
 PARTITIONS = 12
@@ -192,7 +199,6 @@ def test_topic_created_on_one_broker_is_used_through_another_within_a_second(
 
 
 def test_an_acl_created_on_one_broker_is_enforced_by_another(cluster: Cluster) -> None:
-    from confluent_kafka import KafkaException
     from confluent_kafka.admin import (
         AclBinding,
         AclBindingFilter,
@@ -286,6 +292,84 @@ def test_group_coordinated_on_one_broker_consumes_from_all_and_commits_survive_r
     ends = Counter(p for p, _, _ in got)
     assert {tp.partition: tp.offset for tp in committed} == {
         i: ends[i] for i in range(PARTITIONS)}
+
+
+def test_a_coordinator_partition_taken_by_another_broker_is_unloaded_and_loaded_there(
+        cluster: Cluster) -> None:
+    """A `__consumer_offsets` partition given to another broker (in the metadata, as a
+    move will): the old owner stops coordinating its groups (NOT_COORDINATOR), the new
+    one replays them, and the committed offsets are found there."""
+    bootstrap = cluster.brokers[1].bootstrap
+    create(bootstrap, "moved", 3)
+    produce(bootstrap, "moved", [f"m-{i}".encode() for i in range(30)])
+    group = "moving-group"
+    got = consume(bootstrap, "moved", 30, group=group)
+    assert len(got) == 30
+    ends = Counter(p for p, _, _ in got)
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    old = admin.describe_consumer_groups([group])[group].result(10).coordinator.id
+    index = partition_for(group, 6)
+    sid_key = meta_key(STREAMS, _stream_of(cluster, "__consumer_offsets", index))
+    tp = TopicPartition("__consumer_offsets", index)
+
+    def uploaded() -> bool:  # the move of issue 21 flushes first; here the test waits
+        c = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermarks"})
+        try:
+            _low, high = c.get_watermark_offsets(tp, timeout=10)
+        finally:
+            c.close()
+        return json.loads(_meta_get(cluster, sid_key)[0])["end"] >= high
+
+    wait_for(uploaded, timeout=30, what="the offsets partition to be uploaded")
+    new_owner = next(n for n in cluster.brokers if n != old)
+
+    async def give() -> None:
+        store = open_metadata(cluster.dsn)
+        try:
+            entry = await store.get(sid_key)
+            assert entry is not None
+            rec = json.loads(entry.value)
+            rec["owner"] = new_owner
+            await store.put_if(sid_key, json.dumps(rec).encode(), entry.version)
+        finally:
+            await store.close()
+
+    asyncio.run(give())
+    wait_for(lambda: f"__consumer_offsets-{index} unloaded" in cluster.brokers[old].log(),
+             timeout=10, what="the old coordinator to unload")
+
+    def coordinator() -> int:
+        # a new admin client each time: librdkafka's keeps the coordinator it found
+        fresh = AdminClient({"bootstrap.servers": cluster.bootstrap})
+        try:
+            return fresh.describe_consumer_groups([group])[group].result(10).coordinator.id
+        except KafkaException:  # NOT_COORDINATOR from the old one while the move settles
+            return -1
+
+    wait_for(lambda: coordinator() == new_owner, timeout=20, what="the new coordinator")
+    c = Consumer({"bootstrap.servers": cluster.brokers[old].bootstrap, "group.id": group})
+    try:
+        committed = c.committed([TopicPartition("moved", i) for i in range(3)], timeout=30)
+    finally:
+        c.close()
+    assert {t.partition: t.offset for t in committed} == {i: ends[i] for i in range(3)}
+
+
+def _meta_get(cluster: Cluster, key: str) -> tuple[bytes, int]:
+    async def get() -> tuple[bytes, int]:
+        store = open_metadata(cluster.dsn)
+        try:
+            entry = await store.get(key)
+            assert entry is not None, key
+            return entry.value, entry.version
+        finally:
+            await store.close()
+
+    return asyncio.run(get())
+
+
+def _stream_of(cluster: Cluster, topic: str, index: int) -> int:
+    return int(json.loads(_meta_get(cluster, f"{TOPICS}{topic}")[0])["streams"][index])
 
 
 def test_gc_and_compaction_on_the_controller_keep_every_brokers_data(

@@ -501,3 +501,20 @@ def test_snapshot_format() -> None:
         b'"members":[{"id":"m1","instance":"i1","client_id":"c1","client_host":"/10.0.0.1",'
         b'"session_ms":10000,"rebalance_ms":30000,"protocols":[["range","AAE="],["rr",""]],'
         b'"assignment":"/w=="}]}')
+
+
+async def test_unload_answers_parked_joins_not_coordinator_and_forgets_the_group() -> None:
+    """The group's state-log partition moved to another broker: a JoinGroup parked here
+    (waiting out the initial rebalance delay) is told NOT_COORDINATOR, so the client
+    finds the new coordinator; other groups are untouched."""
+    env = Env(delay_ms=3000)
+    parked = await env.new_member("a")
+    other = await env.new_member("b", group="h")
+    assert not parked.done() and not other.done()
+    assert env.classic.unload(lambda gid: gid == "g") == 1
+    await settle()
+    assert parked.done() and parked.result().error == "not_coordinator"
+    assert "g" not in env.classic._groups and not other.done()
+    assert env.classic.unload(lambda gid: gid == "g") == 0
+    await env.tick(3000)  # "h" carries on here
+    assert (await other).error is None

@@ -25,7 +25,7 @@ import asyncio
 import builtins
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from tidelog.coordinator.classic_state import (
@@ -521,6 +521,19 @@ class ClassicGroups:
                     self._unwritten.setdefault(gid, value)
                 raise
             self._written = taken
+
+    def unload(self, belongs: Callable[[str], bool]) -> int:
+        """Drop the groups `belongs` names (their coordinator moved): parked JoinGroup and
+        SyncGroup requests get NOT_COORDINATOR. Snapshots not yet written are dropped too:
+        their writes would fail, and the new coordinator has the last durable state."""
+        gone = [g for gid, g in self._groups.items() if belongs(gid)]
+        for group in gone:
+            for member in group.members.values():
+                member.answer_join(JoinResult("not_coordinator", member.member_id))
+                member.answer_sync(SyncResult("not_coordinator"))
+            del self._groups[group.group_id]
+            self._unwritten.pop(group.group_id, None)
+        return len(gone)
 
     def restore(self, state: dict[bytes, bytes]) -> None:
         """Groups from their snapshots. Members of a Stable group keep their ids and

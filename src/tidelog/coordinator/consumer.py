@@ -27,7 +27,7 @@ import logging
 import re
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -136,6 +136,15 @@ class ConsumerGroups:
                 log.error("consumer group %r not restored: %r", group_id, exc)
         if self.groups:
             log.info("restored %d consumer groups", len(self.groups))
+
+    def unload(self, belongs: Callable[[str], bool]) -> int:
+        """Drop the groups `belongs` names (their coordinator moved; members' next
+        heartbeat here gets NOT_COORDINATOR)."""
+        gone = [gid for gid in self.groups if belongs(gid)]
+        for gid in gone:
+            del self.groups[gid]
+            self._dirty.discard(gid)
+        return len(gone)
 
     async def tick(self, now_ms: int) -> None:
         """Remove members whose session expired or that did not revoke in time."""

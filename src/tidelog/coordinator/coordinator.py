@@ -71,6 +71,21 @@ class GroupCoordinator:
         if topic == self.log.topic:
             self._restore(await self.log.load_partition(index))
 
+    async def closed(self, topic: str, index: int) -> None:
+        """A partition of `__consumer_offsets` is no longer served here: its groups are
+        unloaded (the new owner loads them; members waiting here are told
+        NOT_COORDINATOR and find it)."""
+        if topic != self.log.topic or not self.log.unload_partition(index):
+            return
+
+        def belongs(group_id: str) -> bool:
+            return self.log.partition_for(group_id) == index
+
+        n = self.classic.unload(belongs) + self.consumer.unload(belongs)
+        n_offsets = self.offsets.unload(belongs)
+        log.info("%s-%d unloaded: %d groups, offsets of %d groups", topic, index, n,
+                 n_offsets)
+
     def owns(self, group_id: str) -> bool:
         """This broker is the group's coordinator (its state-log partition is here)."""
         return self.log.owns(group_id)

@@ -317,6 +317,17 @@ class OffsetStore:
 
     # -- restore ------------------------------------------------------------------------
 
+    def unload(self, belongs: Callable[[str], bool]) -> int:
+        """Forget the offsets (and staged offsets) of the groups `belongs` names: their
+        coordinator moved to another broker, which replays them."""
+        gone = [g for g in self._offsets if belongs(g)]
+        for g in gone:
+            del self._offsets[g]
+        self._active_marked = {g for g in self._active_marked if not belongs(g)}
+        self._empty_since = {g: t for g, t in self._empty_since.items() if not belongs(g)}
+        self._staged = {k: v for k, v in self._staged.items() if not belongs(k[0])}
+        return len(gone)
+
     def restore(self, state: dict[bytes, bytes]) -> None:
         """Load offsets and markers (keys `o/...`) from a replayed state log."""
         now, wall = self.coord.now_ms(), self._wall_ms()

@@ -236,6 +236,11 @@ class StateLogs:
         self.logs[index] = one
         return state
 
+    def unload_partition(self, index: int) -> bool:
+        """Forget a partition that is no longer served here (writes for its ids now fail
+        with NotCoordinator); False when it was not loaded."""
+        return self.logs.pop(index, None) is not None
+
     def partition_for(self, key_id_: str) -> int:
         return partition_for(key_id_, self.count)
 

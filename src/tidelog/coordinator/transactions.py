@@ -103,6 +103,17 @@ class TransactionCoordinator:
             self._restore(await self.log.load_partition(index))
             await self._finish_prepared()
 
+    async def closed(self, topic: str, index: int) -> None:
+        """A partition of `__transaction_state` is no longer served here: its
+        transactional ids are unloaded (the new owner replays them and finishes any
+        transaction left prepared)."""
+        if topic != self.log.topic or not self.log.unload_partition(index):
+            return
+        gone = [t for t in self._txns if self.log.partition_for(t) == index]
+        for t in gone:
+            del self._txns[t]
+        log.info("%s-%d unloaded: %d transactional ids", topic, index, len(gone))
+
     def owns(self, transactional_id: str) -> bool:
         return self.log.owns(transactional_id)
 

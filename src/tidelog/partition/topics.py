@@ -132,6 +132,9 @@ class TopicManager:
         self.open_listeners: list[Callable[[str, int], Awaitable[None]]] = []
         """Called with (topic, index) when a partition is opened here after the start
         (the coordinators load the state-log partitions they gain)."""
+        self.close_listeners: list[Callable[[str, int], Awaitable[None]]] = []
+        """Called with (topic, index) when a partition stops being served here (the
+        coordinators unload the state-log partitions they lose)."""
         self.producer_expiration_ms = producer_expiration_ms
         self.topics: dict[str, Topic] = {}
         self.by_id: dict[uuid.UUID, Topic] = {}
@@ -297,10 +300,29 @@ class TopicManager:
         m = decode_stream(event.key, event.value, event.version)
         self.streams[sid] = (m.owner, m.epoch)
         self._stream_changed.set()
+        mine = self.engine.streams.get(sid)
+        if mine is not None and (m.owner != self.engine.node_id or m.epoch > mine.epoch):
+            await self._release(sid, f"now epoch {m.epoch} on broker {m.owner}")
+            mine = None
         if m.owner < 0:
             self.place_unplaced()
-        elif m.owner == self.engine.node_id and sid not in self.engine.streams:
+        elif m.owner == self.engine.node_id and mine is None:
             await self._open(sid)
+
+    async def _release(self, sid: int, why: str) -> None:
+        """Stop serving a partition another broker took: its stream closes here, and the
+        close listeners (coordinators) unload what they hold for it."""
+        await self.engine.release_stream(sid, why)
+        where = self._of_stream.get(sid)
+        topic = self.topics.get(where[0]) if where else None
+        if topic is None or where is None or topic.owned.pop(where[1], None) is None:
+            return
+        log.info("%s-%d is no longer served here (%s)", topic.name, where[1], why)
+        for listener in self.close_listeners:
+            try:
+                await listener(topic.name, where[1])
+            except Exception:
+                log.exception("unloading %s-%d after its close failed", topic.name, where[1])
 
     # ---- cluster mode: placement, on the controller --------------------------------------
 

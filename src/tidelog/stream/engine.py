@@ -308,6 +308,30 @@ class StreamEngine:
             self.cache.drop_stream(stream_id)
             self.index.drop_stream(stream_id)
 
+    async def release_stream(self, stream_id: int, why: str) -> bool:
+        """Stop serving a stream here that another broker now owns (its record names a new
+        owner or a newer epoch): appends in flight fail unacknowledged; its objects stay
+        indexed (the index is cluster-wide). False when it was not open here."""
+        async with self._upload_lock:
+            s = self.streams.get(stream_id)
+            if s is None:
+                return False
+            self._drop_local(s, why, forget_objects=False)
+            return True
+
+    def _drop_local(self, s: Stream, why: str, forget_objects: bool) -> None:
+        sid = s.stream_id
+        unuploaded = self.unuploaded(sid)[0]
+        (log.error if unuploaded else log.info)(
+            "stream %d %s: closing it here%s", sid, why,
+            f", dropping its {unuploaded} unuploaded bytes from the log cache"
+            if unuploaded else "")
+        self.streams.pop(sid, None)
+        s.close()
+        self.cache.drop_stream(sid)
+        if forget_objects:
+            self.index.drop_stream(sid)
+
     async def trim_stream(self, stream_id: int, new_start: int) -> None:
         """Offsets below `new_start` are gone (retention, compaction); objects holding only
         such offsets become garbage."""
@@ -502,16 +526,9 @@ class StreamEngine:
                             sid, now.epoch)
                 s.meta.version, s.meta.start_offset = now.version, now.start_offset
                 continue
-            log.error("stream %d fenced (%s): closing it here, dropping its %d unuploaded "
-                      "bytes from the log cache", sid,
-                      "deleted" if now is None else f"epoch {now.epoch} on {now.owner}",
-                      self.unuploaded(sid)[0])
             self.fenced_streams += 1
-            self.streams.pop(sid, None)
-            s.close()
-            self.cache.drop_stream(sid)
-            if now is None:
-                self.index.drop_stream(sid)
+            where = "deleted" if now is None else f"epoch {now.epoch} on {now.owner}"
+            self._drop_local(s, f"fenced ({where})", forget_objects=now is None)
 
     async def _build_objects(
         self, by_stream: dict[int, list[CacheEntry]]
