@@ -72,6 +72,7 @@ DEFAULTS: dict[str, str] = {
     "transaction.state.log.num.partitions": "50",
     "broker.session.timeout.ms": "9000",
     "broker.heartbeat.interval.ms": "2000",
+    "orphan.stream.grace.ms": "300000",
     "transactional.id.expiration.ms": "604800000",
     "log.level": "INFO",
 }

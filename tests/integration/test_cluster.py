@@ -50,6 +50,7 @@ def cluster(postgres: LocalPostgres, tmp_path_factory: pytest.TempPathFactory
         "object.compaction.interval.ms": "1000",
         "object.compaction.min.objects": "4",
         "log.segment.delete.delay.ms": "0",
+        "orphan.stream.grace.ms": "2000",
     })
     try:
         yield c.start()
@@ -370,6 +371,50 @@ def _meta_get(cluster: Cluster, key: str) -> tuple[bytes, int]:
 
 def _stream_of(cluster: Cluster, topic: str, index: int) -> int:
     return int(json.loads(_meta_get(cluster, f"{TOPICS}{topic}")[0])["streams"][index])
+
+
+def test_streams_no_topic_names_are_swept_by_the_controller(cluster: Cluster) -> None:
+    """A create cut short after its streams were written leaves streams no topic names:
+    the controller deletes them after the grace period, and no other stream."""
+    create(cluster.brokers[1].bootstrap, "kept", 3)
+
+    async def orphans() -> list[str]:
+        store = open_metadata(cluster.dsn)
+        try:
+            keys = []
+            for topic in ("never-written", None):
+                sid = await store.next_id("stream")
+                value: dict[str, object] = {"epoch": 0, "start": 0, "end": 0}
+                if topic is not None:
+                    value["topic"] = topic
+                key = meta_key(STREAMS, sid)
+                await store.put_if(key, json.dumps(value).encode(), 0)
+                keys.append(key)
+            return keys
+        finally:
+            await store.close()
+
+    tagged, untagged = asyncio.run(orphans())
+
+    def exists(key: str) -> bool:
+        return bool(cluster.sql("SELECT 1 FROM tidelog_kv WHERE key = $1", key))
+
+    wait_for(lambda: not exists(tagged), timeout=20, what="the orphan stream to be swept")
+    assert exists(untagged)  # it names no topic: reported, never deleted
+    assert any("belongs to no topic and names none" in b.log()
+               for b in cluster.brokers.values())
+    for i in range(3):  # the streams of a live topic are untouched
+        assert exists(meta_key(STREAMS, _stream_of(cluster, "kept", i)))
+    produce(cluster.brokers[2].bootstrap, "kept", [b"still-served"])
+
+    async def tidy() -> None:
+        store = open_metadata(cluster.dsn)
+        try:
+            await store.delete(untagged)
+        finally:
+            await store.close()
+
+    asyncio.run(tidy())
 
 
 def test_gc_and_compaction_on_the_controller_keep_every_brokers_data(

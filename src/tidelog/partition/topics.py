@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import re
+import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tidelog.metadata.base import (
+    MAX_TXN_OPS,
     Fenced,
     MetadataError,
     MetadataStore,
@@ -43,7 +45,7 @@ from tidelog.partition.topic_config import (
 )
 from tidelog.stream.engine import STREAMS, StreamEngine, decode_stream, encode_stream
 from tidelog.stream.objects import meta_key
-from tidelog.stream.stream import Stream
+from tidelog.stream.stream import Stream, StreamMeta
 
 log = logging.getLogger(__name__)
 TOPICS = "/topics/"
@@ -113,9 +115,11 @@ class TopicManager:
     def __init__(self, engine: StreamEngine, meta: MetadataStore,
                  producer_expiration_ms: int = 86_400_000,
                  broker_configs: Mapping[str, str] | None = None,
-                 placer: Placer | None = None) -> None:
+                 placer: Placer | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
         self.meta = meta
+        self.clock = clock
         self.placer = placer
         """Set in cluster mode: where new partitions go (used by the controller only)."""
         self.is_controller: Callable[[], bool] = lambda: False
@@ -146,6 +150,13 @@ class TopicManager:
         self._dynamic_versions: dict[str, int] = {}
         self._admin = asyncio.Lock()
         self.defaults = resolve({}, self.static_configs)  # a bad broker value fails the start
+        self.orphan_grace = int(self.static_configs.get("orphan.stream.grace.ms",
+                                                        "300000")) / 1000
+        self._orphans: dict[int, tuple[int, float]] = {}
+        """Cluster controller: stream id -> (record version, first seen) of streams no
+        topic names, deleted once so for `orphan_grace`."""
+        self._untagged: set[int] = set()
+        self.orphan_streams_deleted = 0
 
     @property
     def broker_configs(self) -> dict[str, str]:
@@ -199,6 +210,7 @@ class TopicManager:
                 loop.create_task(self._follow(BROKER_CONFIGS, topics.revision,
                                               self._on_broker_configs),
                                  name="broker-configs"),
+                loop.create_task(self._sweep_orphans_loop(), name="orphan-streams"),
             ]
             for sid, (owner, _epoch) in list(self.streams.items()):
                 if owner == self.engine.node_id and sid not in self.engine.streams:
@@ -264,16 +276,20 @@ class TopicManager:
             self._add(topic)
             log.info("topic %s (%d partitions) created on another broker", name,
                      len(rec["streams"]))
+            self.place_unplaced()  # its streams are named now
             for index, p in sorted(topic.owned.items()):  # opened before the record came
                 await p.restore_producers()
                 await self._opened(name, index)
             return
+        grown = len(rec["streams"]) > old.count
         for i, sid in enumerate(rec["streams"][old.count:], start=old.count):
             old.streams.append(sid)
             self._of_stream[sid] = (name, i)
             stream = self.engine.streams.get(sid)
             if stream is not None and i not in old.owned:
                 old.owned[i] = self._partition(name, i, stream)
+        if grown:
+            self.place_unplaced()  # grown: the new streams are named now
         if rec.get("configs", {}) != old.configs:
             old.configs = rec.get("configs", {})
             self._apply_configs(old)
@@ -340,7 +356,8 @@ class TopicManager:
     async def _place_all(self) -> None:
         while True:
             self._place_again = False
-            sids = sorted(sid for sid, (owner, _e) in self.streams.items() if owner < 0)
+            sids = sorted(sid for sid, (owner, _e) in self.streams.items()
+                          if owner < 0 and sid in self._of_stream)  # named by a topic
             if sids and self.is_controller():
                 try:
                     await self._place(sids)
@@ -380,6 +397,76 @@ class TopicManager:
         for sid, owner, _epoch in placed:
             if owner == self.engine.node_id:
                 await self._open(sid)
+
+    # ---- cluster mode: orphan streams, on the controller ----------------------------------
+
+    async def _sweep_orphans_loop(self) -> None:
+        interval = min(max(self.orphan_grace / 4, 0.5), 60.0)
+        while True:
+            await asyncio.sleep(interval)
+            if not self.is_controller():
+                self._orphans.clear()  # a new controller starts the grace afresh
+                continue
+            try:
+                await self.sweep_orphans()
+            except MetadataError as exc:
+                log.warning("orphan stream sweep failed (next round retries): %s", exc)
+
+    async def sweep_orphans(self) -> int:
+        """Delete the stream records no topic names (a create or delete cut short by a
+        crash), once seen so with an unchanged record for `orphan_grace`. Each delete
+        compares the stream's record and its topic's record as listed, so a create or
+        grow committing meanwhile wins; a stream without a recorded topic (written before
+        streams carried one) is reported, never deleted. Returns the streams deleted."""
+        streams = await self.meta.list_all(STREAMS)
+        topics = await self.meta.list_all(TOPICS)
+        named: set[int] = set()
+        topic_versions: dict[str, int] = {}
+        for e in topics:
+            named.update(json.loads(e.value)["streams"])
+            topic_versions[e.key[len(TOPICS):]] = e.version
+        now = self.clock()
+        seen: dict[int, tuple[int, float]] = {}
+        due: list[StreamMeta] = []
+        for e in streams:
+            m = decode_stream(e.key, e.value, e.version)
+            if m.stream_id in named:
+                continue
+            if m.topic is None:
+                if m.stream_id not in self._untagged:
+                    self._untagged.add(m.stream_id)
+                    log.warning("stream %d belongs to no topic and names none: left alone",
+                                m.stream_id)
+                continue
+            first = self._orphans.get(m.stream_id)
+            since = first[1] if first is not None and first[0] == m.version else now
+            seen[m.stream_id] = (m.version, since)
+            if now - since >= self.orphan_grace:
+                due.append(m)
+        self._orphans = seen
+        deleted = 0
+        for i in range(0, len(due), MAX_TXN_OPS // 4):
+            txn = Txn()
+            part = due[i:i + MAX_TXN_OPS // 4]
+            for m in part:
+                key = meta_key(STREAMS, m.stream_id)
+                assert m.topic is not None
+                txn.compares.append((key, m.version))
+                txn.compares.append((TOPICS + m.topic, topic_versions.get(m.topic, 0)))
+                txn.deletes += [key, f"{PRODUCERS}{m.stream_id}"]
+            txn.compares = list(dict.fromkeys(txn.compares))
+            try:
+                await self.meta.commit(txn)
+            except Fenced:
+                log.info("orphan streams changed while being deleted: next round")
+                continue
+            for m in part:
+                self._orphans.pop(m.stream_id, None)
+            deleted += len(part)
+            log.warning("deleted %d streams no topic names (a topic create or delete cut "
+                        "short): %s", len(part), sorted(m.stream_id for m in part))
+        self.orphan_streams_deleted += deleted
+        return deleted
 
     async def _open(self, sid: int) -> None:
         """Open a stream placed on this broker and serve its partition."""
@@ -544,13 +631,19 @@ class TopicManager:
         topic_id = uuid.uuid4()
         if validate_only:
             return Topic(name, topic_id, [], configs=cfg, resolved=resolved)
-        sids = await self._new_streams(num_partitions)
+        made = await self._new_streams(num_partitions, name)
+        sids = [sid for sid, _v in made]
         rec = {"id": str(topic_id), "streams": sids, "configs": cfg}
+        txn = Txn(compares=[(TOPICS + name, 0), *self._unchanged(made)],
+                  puts=[(TOPICS + name, json.dumps(rec).encode())])
         try:
-            await self.meta.put_if(TOPICS + name, json.dumps(rec).encode(), 0)
-        except Fenced:
+            await self.meta.commit(txn)
+        except Fenced as exc:
             await self._drop_streams(sids)
-            raise TopicError("topic_already_exists", f"topic {name!r} already exists") from None
+            if TOPICS + name in exc.keys:
+                raise TopicError("topic_already_exists",
+                                 f"topic {name!r} already exists") from None
+            raise self._swept(name) from None
         topic = self.topics.get(name)
         if topic is None or topic.topic_id != topic_id:  # the watch may have been first
             topic = self._topic(name, rec)
@@ -559,22 +652,37 @@ class TopicManager:
         await self._serve_new(sids)
         return topic
 
-    async def _new_streams(self, count: int) -> list[int]:
-        """Streams for new partitions: opened here on a single broker; on a cluster
-        written unplaced, for the controller to place (here at once if this broker is
-        the controller; else through its watch), and the owners open them."""
+    async def _new_streams(self, count: int, topic: str) -> list[tuple[int, int]]:
+        """Streams for new partitions, (id, record version) each: opened here on a single
+        broker; on a cluster written unplaced, naming `topic`. The controller places them
+        once the topic record names them (`_serve_new`, or through its watch), so
+        nothing rewrites them between their creation and the topic record's commit,
+        which compares them (the orphan sweep cannot delete them under a create)."""
         if self.placer is None:
-            return [s.stream_id for s in await self.engine.create_streams(count)]
-        sids = await self.engine.create_stream_records([-1] * count)
-        for sid in sids:
+            return [(s.stream_id, s.meta.version)
+                    for s in await self.engine.create_streams(count)]
+        made = await self.engine.create_stream_records([-1] * count, topic)
+        for sid, _v in made:
             self.streams.setdefault(sid, (-1, 0))
-        if self.is_controller():
-            await self._place(sids)
-        return sids
+        return made
+
+    def _unchanged(self, made: list[tuple[int, int]]) -> list[tuple[str, int]]:
+        """Compares that new stream records are as written (a cluster's; when they fit in
+        one commit beside the topic record: beyond, the sweep's grace period covers)."""
+        if self.placer is None or len(made) + 2 > MAX_TXN_OPS:
+            return []
+        return [(meta_key(STREAMS, sid), version) for sid, version in made]
+
+    @staticmethod
+    def _swept(name: str) -> TopicError:
+        return TopicError("request_timed_out", f"topic {name!r}: its new partitions' streams "
+                          "were swept as orphans before the topic record was written; retry")
 
     async def _serve_new(self, sids: list[int]) -> None:
         if self.placer is None:
             return
+        if self.is_controller():
+            await self._place(sids)
         for sid in sids:
             if self.streams.get(sid, (-1, 0))[0] == self.engine.node_id:
                 await self._open(sid)
@@ -614,9 +722,10 @@ class TopicManager:
             raise TopicError("unknown_topic_or_partition", f"topic {name!r} does not exist")
         return topic
 
-    async def _update(self, name: str, change: Callable[[dict[str, Any]], None]) -> None:
+    async def _update(self, name: str, change: Callable[[dict[str, Any]], None],
+                      compares: list[tuple[str, int]] | None = None) -> None:
         """Apply `change` to the topic's stored record with compare-and-set (re-read and
-        re-applied when another writer got there first)."""
+        re-applied when another writer got there first), with `compares` too."""
         for _ in range(10):
             entry = await self.meta.get(TOPICS + name)
             if entry is None:
@@ -624,9 +733,13 @@ class TopicManager:
             rec = json.loads(entry.value)
             change(rec)
             try:
-                await self.meta.put_if(TOPICS + name, json.dumps(rec).encode(), entry.version)
+                await self.meta.commit(Txn(
+                    compares=[(TOPICS + name, entry.version), *(compares or [])],
+                    puts=[(TOPICS + name, json.dumps(rec).encode())]))
                 return
-            except Fenced:
+            except Fenced as exc:
+                if TOPICS + name not in exc.keys:
+                    raise self._swept(name) from None
                 continue
         raise TopicError("request_timed_out", f"topic {name!r} keeps changing; retry")
 
@@ -666,7 +779,8 @@ class TopicManager:
                                  f"{new_total} partitions exceed the limit of {MAX_PARTITIONS}")
             if validate_only:
                 return topic
-            sids = await self._new_streams(new_total - current)
+            made = await self._new_streams(new_total - current, name)
+            sids = [sid for sid, _v in made]
 
             def grow(rec: dict[str, Any]) -> None:
                 if len(rec["streams"]) != current:
@@ -674,7 +788,7 @@ class TopicManager:
                 rec["streams"] = rec["streams"] + sids
 
             try:
-                await self._update(name, grow)
+                await self._update(name, grow, self._unchanged(made))
             except BaseException:
                 await self._drop_streams(sids)
                 raise

@@ -26,7 +26,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tidelog.metadata.base import MAX_TXN_OPS, Fenced, MetadataStore, Txn, close_watch
 from tidelog.objectstore.base import ObjectStore
@@ -78,13 +78,15 @@ class EngineConfig:
 def decode_stream(key: str, value: bytes, version: int) -> StreamMeta:
     v = json.loads(value)
     return StreamMeta(int(key[len(STREAMS):]), v["epoch"], v["start"], v["end"],
-                      v.get("owner", -1), version)
+                      v.get("owner", -1), version, v.get("topic"))
 
 
 def encode_stream(m: StreamMeta) -> bytes:
-    rec = {"epoch": m.epoch, "start": m.start_offset, "end": m.end_offset}
+    rec: dict[str, object] = {"epoch": m.epoch, "start": m.start_offset, "end": m.end_offset}
     if m.owner >= 0:
         rec["owner"] = m.owner
+    if m.topic is not None:
+        rec["topic"] = m.topic
     return json.dumps(rec).encode()
 
 
@@ -188,8 +190,7 @@ class StreamEngine:
             while part:
                 txn = Txn()
                 for m in part:
-                    new = StreamMeta(m.stream_id, m.epoch + 1, m.start_offset, m.end_offset,
-                                     self.node_id)
+                    new = replace(m, epoch=m.epoch + 1, owner=self.node_id)
                     txn.compares.append((meta_key(STREAMS, m.stream_id), m.version))
                     txn.puts.append((meta_key(STREAMS, m.stream_id), encode_stream(new)))
                 try:
@@ -275,18 +276,24 @@ class StreamEngine:
                 out.append(s)
         return out
 
-    async def create_stream_records(self, owners: list[int]) -> list[int]:
-        """New streams placed on `owners` (epoch 0: not opened yet), in one commit."""
+    async def create_stream_records(self, owners: list[int], topic: str | None = None
+                                    ) -> list[tuple[int, int]]:
+        """New streams placed on `owners` (epoch 0: not opened yet) for `topic`, in one
+        commit per `MAX_TXN_OPS // 2`; (stream id, record version) each."""
         ids = list(await self.meta.next_ids("stream", len(owners)))
+        out: list[tuple[int, int]] = []
         chunk = MAX_TXN_OPS // 2
         for i in range(0, len(ids), chunk):
             txn = Txn()
-            for sid, owner in zip(ids[i:i + chunk], owners[i:i + chunk], strict=True):
+            part = ids[i:i + chunk]
+            for sid, owner in zip(part, owners[i:i + chunk], strict=True):
                 key = meta_key(STREAMS, sid)
                 txn.compares.append((key, 0))
-                txn.puts.append((key, encode_stream(StreamMeta(sid, 0, 0, 0, owner))))
-            await self.meta.commit(txn)
-        return ids
+                txn.puts.append((key, encode_stream(StreamMeta(sid, 0, 0, 0, owner,
+                                                               topic=topic))))
+            rev = await self.meta.commit(txn)
+            out += [(sid, rev) for sid in part]
+        return out
 
     async def delete_stream(self, stream_id: int) -> None:
         # under the upload lock: an upload in flight commits against the stream's record
@@ -341,7 +348,7 @@ class StreamEngine:
                 return
             m = s.meta
             new_start = min(new_start, s.confirm_offset)
-            new = StreamMeta(stream_id, m.epoch, new_start, m.end_offset, m.owner)
+            new = replace(m, start_offset=new_start)
             m.version = await self.meta.put_if(meta_key(STREAMS, stream_id),
                                                encode_stream(new), m.version)
             m.start_offset = new_start
@@ -474,8 +481,7 @@ class StreamEngine:
                 metas = []
                 for sid, es in by_stream.items():
                     m = self.streams[sid].meta
-                    new = StreamMeta(sid, m.epoch, m.start_offset, es[-1].last_offset + 1,
-                                     m.owner)
+                    new = replace(m, end_offset=es[-1].last_offset + 1)
                     txn.compares.append((meta_key(STREAMS, sid), m.version))
                     txn.puts.append((meta_key(STREAMS, sid), encode_stream(new)))
                     metas.append((m, new.end_offset))

@@ -33,6 +33,10 @@ class StreamMeta:
     """The broker the stream is placed on (-1: not placed, a single broker's stream)."""
     version: int = 0
     """Metadata version of the stream's record, compared on every upload commit (fencing)."""
+    topic: str | None = None
+    """Cluster mode: the topic the stream was created for, so the controller can tell a
+    stream left behind by a cut-short create or delete (no topic names it) from one whose
+    topic record is still being written (docs/design/0001-cluster.md, orphans)."""
 
 
 class Stream:
