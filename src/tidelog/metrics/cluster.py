@@ -1,5 +1,6 @@
 """Cluster-mode families: this broker's lease, whether it is the controller, the live
-brokers it knows, the streams it owns and the ones fenced away from it."""
+brokers it knows, the streams it owns, the ones fenced or taken away from it, and the
+orphan streams the controller deleted."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from prometheus_client.core import Metric
 from tidelog.controller.election import ControllerElection
 from tidelog.controller.membership import Membership
 from tidelog.metrics.families import counter, gauge
+from tidelog.partition.topics import TopicManager
 from tidelog.stream.engine import StreamEngine
 
 
 def cluster(membership: Membership, election: ControllerElection | None,
-            engine: StreamEngine) -> Iterator[Metric]:
+            engine: StreamEngine, topics: TopicManager) -> Iterator[Metric]:
     yield gauge("tidelog_broker_lease_remaining_seconds",
                 "Seconds this broker may still acknowledge writes without a lease renewal "
                 "(0: fenced)", membership.remaining())
@@ -26,3 +28,7 @@ def cluster(membership: Membership, election: ControllerElection | None,
                 len(engine.streams))
     yield counter("tidelog_stream_fenced", "Streams closed because an upload commit "
                   "found another owner or epoch", engine.fenced_streams)
+    yield counter("tidelog_streams_released", "Streams closed here because their record "
+                  "named another owner or a newer epoch", engine.released_streams)
+    yield counter("tidelog_orphan_streams_deleted", "Streams no topic named, deleted by "
+                  "this broker as controller", topics.orphan_streams_deleted)

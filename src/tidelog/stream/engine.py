@@ -113,6 +113,7 @@ class StreamEngine:
         """Monotonic time after which no append may be acknowledged (the broker's lease
         may have expired by then); None: no lease (the embedded single broker)."""
         self.fenced_streams = 0
+        self.released_streams = 0
         self.store = store
         self.meta = meta
         self.config = config or EngineConfig()
@@ -324,6 +325,7 @@ class StreamEngine:
             if s is None:
                 return False
             self._drop_local(s, why, forget_objects=False)
+            self.released_streams += 1
             return True
 
     def _drop_local(self, s: Stream, why: str, forget_objects: bool) -> None:
