@@ -30,7 +30,7 @@ from tidelog.api.acl_model import (
     Permission,
     ResourceType,
 )
-from tidelog.metadata.base import Listing, MetadataStore, Txn, WatchEvent, close_watch
+from tidelog.metadata.base import Listing, MetadataStore, Txn, WatchEvent, follow
 
 log = logging.getLogger(__name__)
 
@@ -90,25 +90,14 @@ class Authorizer:
         """Apply the changes after `revision` until the store closes; a failed watch is
         started again from the last revision it may not have finished."""
         assert self._meta is not None
-        floor = revision  # events at or below it are already in the bindings
-        while True:
-            events = self._meta.watch(ACLS, revision)
-            try:
-                async for ev in events:
-                    if ev.resync:
-                        floor = revision = self._replace(await self._meta.list_all(ACLS))
-                    elif ev.version > floor:
-                        self._apply(ev)
-                        # a transaction may hold more events at this revision: replay it
-                        revision = max(revision, ev.version - 1)
-                return  # the store closed
-            except Exception as exc:
-                log.warning("ACL watch failed, resuming in %.1fs: %r", RETRY_SECONDS, exc)
-            finally:
-                await close_watch(events)
-            await asyncio.sleep(RETRY_SECONDS)
 
-    def _apply(self, ev: WatchEvent) -> None:
+        async def replace(listing: Listing) -> None:
+            self._replace(listing)
+
+        await follow(self._meta, ACLS, revision, self._apply, what="ACLs", resync=replace,
+                     retry=RETRY_SECONDS)
+
+    async def _apply(self, ev: WatchEvent) -> None:
         if ev.value is None:
             b = self._keys.get(ev.key)
             if b is not None and self._remove(b):

@@ -18,7 +18,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from tidelog.metadata.base import Fenced, LeaseLost, MetadataError, MetadataStore, close_watch
+from tidelog.metadata.base import (
+    Fenced,
+    LeaseLost,
+    MetadataError,
+    MetadataStore,
+    WatchEvent,
+    follow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +134,11 @@ class Membership:
         self.live = {r.node_id: r for r in (BrokerRecord.decode(e.value) for e in listing)}
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._keep_alive(), name="broker-lease"),
-                       loop.create_task(self._follow(listing.revision), name="broker-registry")]
+                       loop.create_task(follow(
+                           self.meta, BROKERS, listing.revision, self._on_broker,
+                           what="broker registry",
+                           known=lambda: [f"{BROKERS}{n}" for n in self.live]),
+                           name="broker-registry")]
         log.info("broker %d registered (lease %d, ttl %.1fs); %d brokers live", self.node_id,
                  self.lease, self.ttl, len(self.live))
 
@@ -188,37 +199,16 @@ class Membership:
             except TimeoutError:
                 log.warning("lease renewal timed out (%.1fs left)", self.remaining())
                 continue
-            entry = await self.meta.get(broker_key(self.node_id))
-            if entry is None or entry.lease != self.lease:
-                self._lose("registration removed behind this broker's back")
-                return
+            # the registration's deletion while the lease lives is seen by the watch
             self._set_deadline(sent)
 
-    async def _follow(self, revision: int) -> None:
-        while True:
-            events = self.meta.watch(BROKERS, revision)
-            try:
-                async for event in events:
-                    revision = max(revision, event.version)
-                    if event.resync:
-                        listing = await self.meta.list_all(BROKERS)
-                        self.live = {r.node_id: r for r in
-                                     (BrokerRecord.decode(e.value) for e in listing)}
-                    else:
-                        node = int(event.key[len(BROKERS):])
-                        if event.value is None:
-                            self.live.pop(node, None)
-                            log.info("broker %d left the cluster", node)
-                            if node == self.node_id and self._tasks:
-                                self._lose("registration removed (lease revoked or expired)")
-                        else:
-                            self.live[node] = BrokerRecord.decode(event.value)
-                    self.changed.set()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("broker registry watch failed (resuming): %r", exc)
-                await asyncio.sleep(1.0)
-            finally:
-                await close_watch(events)
+    async def _on_broker(self, event: WatchEvent) -> None:
+        node = int(event.key[len(BROKERS):])
+        if event.value is None:
+            if self.live.pop(node, None) is not None:
+                log.info("broker %d left the cluster", node)
+            if node == self.node_id and self._tasks:
+                self._lose("registration removed (lease revoked or expired)")
+        else:
+            self.live[node] = BrokerRecord.decode(event.value)
+        self.changed.set()

@@ -10,9 +10,14 @@ from a change table). `docs/design/0001-cluster.md` says why.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+
+_log = logging.getLogger(__name__)
 
 MAX_TXN_OPS = 10_000
 """Compares + puts + deletes in one transaction: callers split larger work (a commit over
@@ -108,16 +113,17 @@ class MetadataStore(ABC):
             more = nxt.more
         return Listing(out, revision)
 
-    @abstractmethod
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
         """Unconditional write; returns the new version."""
+        return await self.commit(Txn(puts=[(key, value)], lease=lease))
 
-    @abstractmethod
     async def put_if(self, key: str, value: bytes, version: int, lease: int = 0) -> int:
         """Write only if the key's current version is `version` (0: absent); else `Fenced`."""
+        return await self.commit(Txn(compares=[(key, version)], puts=[(key, value)],
+                                     lease=lease))
 
-    @abstractmethod
-    async def delete(self, key: str) -> None: ...
+    async def delete(self, key: str) -> None:
+        await self.commit(Txn(deletes=[key]))
 
     @abstractmethod
     async def commit(self, txn: Txn) -> int:
@@ -141,9 +147,9 @@ class MetadataStore(ABC):
     async def revoke_lease(self, lease: int) -> None:
         """Drop the lease and delete every key attached to it."""
 
-    @abstractmethod
     async def next_id(self, name: str) -> int:
         """A durable counter: 1, 2, 3, ... per `name`, never reused."""
+        return (await self.next_ids(name, 1)).start
 
     @abstractmethod
     async def next_ids(self, name: str, count: int) -> range:
@@ -188,9 +194,62 @@ def validate_txn(txn: Txn) -> None:
         raise ValueError(f"a txn writing {size} bytes is over the limit of {MAX_TXN_BYTES}")
 
 
-
 async def close_watch(events: AsyncIterator[WatchEvent]) -> None:
     """Stop a watch (its reader task and queue) that the caller no longer reads."""
     aclose = getattr(events, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+Apply = Callable[[WatchEvent], Awaitable[None]]
+Resync = Callable[[Listing], Awaitable[None]]
+
+
+async def follow(meta: MetadataStore, prefix: str, revision: int, apply: Apply, *,
+                 what: str, resync: Resync | None = None,
+                 known: Callable[[], Iterable[str]] | None = None,
+                 retry: float = 1.0) -> None:
+    """Apply every change under `prefix` after `revision`, in order, until the store
+    closes (the caller cancels the task to stop earlier).
+
+    A failed watch is resumed after `retry` seconds from just before the last change
+    applied: a transaction's changes share one revision, so one cut short is replayed
+    whole and `apply` must be idempotent. A change `apply` fails on is logged and passed
+    over. When the watch fell behind the history the store keeps, the state is rebuilt
+    from a listing: by `resync`, or else by applying a deletion for each `known()` key
+    the listing lacks and then every listed entry."""
+    if resync is None:
+        if known is None:
+            raise ValueError("follow() needs `resync` or `known`")
+        resync = functools.partial(_replay_listing, apply, known)
+    while True:
+        events = meta.watch(prefix, revision)
+        try:
+            async for event in events:
+                if event.resync:
+                    listing = await meta.list_all(prefix)
+                    await resync(listing)
+                    revision = max(revision, listing.revision)
+                    continue
+                try:
+                    await apply(event)
+                except Exception:
+                    _log.exception("%s: applying the change of %s failed", what, event.key)
+                revision = max(revision, event.version - 1)
+            return  # the store closed
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _log.warning("%s: watch failed, resuming in %.1fs: %r", what, retry, exc)
+        finally:
+            await close_watch(events)
+        await asyncio.sleep(retry)
+
+
+async def _replay_listing(apply: Apply, known: Callable[[], Iterable[str]],
+                          listing: Listing) -> None:
+    listed = {e.key for e in listing}
+    for key in [k for k in known() if k not in listed]:
+        await apply(WatchEvent(key, None, listing.revision))
+    for e in listing:
+        await apply(WatchEvent(e.key, e.value, e.version))

@@ -202,15 +202,6 @@ class EmbeddedMetadataStore(MetadataStore):
 
         return await self._call(op)
 
-    async def put(self, key: str, value: bytes, lease: int = 0) -> int:
-        return await self.commit(Txn(puts=[(key, value)], lease=lease))
-
-    async def put_if(self, key: str, value: bytes, version: int, lease: int = 0) -> int:
-        return await self.commit(Txn(compares=[(key, version)], puts=[(key, value)], lease=lease))
-
-    async def delete(self, key: str) -> None:
-        await self.commit(Txn(deletes=[key]))
-
     async def commit(self, txn: Txn) -> int:
         validate_txn(txn)
         compares = tuple(txn.compares)
@@ -305,9 +296,6 @@ class EmbeddedMetadataStore(MetadataStore):
                 return None, _drop_lease(conn, lease)
 
         await self._call(op)
-
-    async def next_id(self, name: str) -> int:
-        return (await self.next_ids(name, 1)).start
 
     async def next_ids(self, name: str, count: int) -> range:
         if count < 1:

@@ -123,15 +123,6 @@ class PostgresMetadataStore(MetadataStore):
         more = limit is not None and len(entries) > limit
         return Listing(entries[:limit], revision, more)
 
-    async def put(self, key: str, value: bytes, lease: int = 0) -> int:
-        return await self.commit(Txn(puts=[(key, value)], lease=lease))
-
-    async def put_if(self, key: str, value: bytes, version: int, lease: int = 0) -> int:
-        return await self.commit(Txn(compares=[(key, version)], puts=[(key, value)], lease=lease))
-
-    async def delete(self, key: str) -> None:
-        await self.commit(Txn(deletes=[key]))
-
     async def commit(self, txn: Txn) -> int:
         validate_txn(txn)
         txid = uuid.uuid4()
@@ -183,9 +174,6 @@ class PostgresMetadataStore(MetadataStore):
         """Revoking an unknown or already expired lease is a no-op (its keys are gone)."""
         revision = await self._run(lambda c: c.fetchval("SELECT tidelog_revoke($1)", lease))
         self._saw(int(revision))
-
-    async def next_id(self, name: str) -> int:
-        return (await self.next_ids(name, 1)).start
 
     async def next_ids(self, name: str, count: int) -> range:
         if count < 1:

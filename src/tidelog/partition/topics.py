@@ -32,7 +32,7 @@ from tidelog.metadata.base import (
     MetadataStore,
     Txn,
     WatchEvent,
-    close_watch,
+    follow,
 )
 from tidelog.partition.partition import DEFAULT_CONFIG, PRODUCERS, Partition
 from tidelog.partition.topic_config import (
@@ -203,13 +203,21 @@ class TopicManager:
         if self.cluster:
             loop = asyncio.get_running_loop()
             self._followers = [
-                loop.create_task(self._follow(TOPICS, topics.revision, self._on_topic),
-                                 name="topic-catalog"),
-                loop.create_task(self._follow(STREAMS, streams.revision, self._on_stream),
-                                 name="stream-owners"),
-                loop.create_task(self._follow(BROKER_CONFIGS, topics.revision,
-                                              self._on_broker_configs),
-                                 name="broker-configs"),
+                loop.create_task(follow(
+                    self.meta, TOPICS, topics.revision, self._on_topic, what="topic catalog",
+                    known=lambda: [TOPICS + name for name in self.topics]),
+                    name="topic-catalog"),
+                loop.create_task(follow(
+                    self.meta, STREAMS, streams.revision, self._on_stream,
+                    what="stream owners",
+                    known=lambda: [meta_key(STREAMS, sid) for sid in self.streams]),
+                    name="stream-owners"),
+                loop.create_task(follow(
+                    self.meta, BROKER_CONFIGS, topics.revision, self._on_broker_configs,
+                    what="broker configs",
+                    known=lambda: [BROKER_CONFIGS + scope for scope, version
+                                   in self._dynamic_versions.items() if version]),
+                    name="broker-configs"),
                 loop.create_task(self._sweep_orphans_loop(), name="orphan-streams"),
             ]
             for sid, (owner, _epoch) in list(self.streams.items()):
@@ -236,30 +244,6 @@ class TopicManager:
         self._followers = []
 
     # ---- cluster mode: following the catalog --------------------------------------------
-
-    async def _follow(self, prefix: str, revision: int,
-                      apply: Callable[[WatchEvent], Awaitable[None]]) -> None:
-        while True:
-            events = self.meta.watch(prefix, revision)
-            try:
-                async for event in events:
-                    revision = max(revision, event.version)
-                    if event.resync:
-                        for e in await self.meta.list_all(prefix):
-                            await apply(WatchEvent(e.key, e.value, e.version))
-                        continue
-                    try:
-                        await apply(event)
-                    except Exception:
-                        log.exception("applying %s failed", event.key)
-                return
-            except asyncio.CancelledError:
-                raise
-            except MetadataError as exc:
-                log.warning("watch of %s failed (resuming): %s", prefix, exc)
-                await asyncio.sleep(1.0)
-            finally:
-                await close_watch(events)
 
     async def _on_topic(self, event: WatchEvent) -> None:
         name = event.key[len(TOPICS):]

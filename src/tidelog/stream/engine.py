@@ -28,7 +28,15 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
-from tidelog.metadata.base import MAX_TXN_OPS, Fenced, MetadataStore, Txn, close_watch
+from tidelog.metadata.base import (
+    MAX_TXN_OPS,
+    Fenced,
+    Listing,
+    MetadataStore,
+    Txn,
+    WatchEvent,
+    follow,
+)
 from tidelog.objectstore.base import ObjectStore
 from tidelog.stream.block_cache import BlockCache
 from tidelog.stream.log_cache import CacheEntry, LogCache
@@ -656,28 +664,16 @@ class StreamEngine:
         """Keep the object index current with other brokers' uploads and the controller's
         compactions and unlinks (a reader must find rewritten blocks at their new place
         before the old object's grace period ends)."""
-        while True:
-            events = self.meta.watch(OBJECTS, revision)
-            try:
-                async for event in events:
-                    revision = max(revision, event.version)
-                    if event.resync:
-                        await self._reload_objects()
-                    elif event.value is None:
-                        self.catalog.forget(int(event.key[len(OBJECTS):]))
-                    else:
-                        self.catalog.apply_object(event.value, event.version)
-                return  # the store closed
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("object index watch failed (resuming): %r", exc)
-                await asyncio.sleep(1.0)
-            finally:
-                await close_watch(events)
+        await follow(self.meta, OBJECTS, revision, self._on_object, what="object index",
+                     resync=self._reload_objects)
 
-    async def _reload_objects(self) -> None:
-        listing = await self.meta.list_all(OBJECTS)
+    async def _on_object(self, event: WatchEvent) -> None:
+        if event.value is None:
+            self.catalog.forget(int(event.key[len(OBJECTS):]))
+        else:
+            self.catalog.apply_object(event.value, event.version)
+
+    async def _reload_objects(self, listing: Listing) -> None:
         live = {json.loads(e.value)["key"] for e in listing}
         for key in [k for k in self.catalog.objects if k not in live]:
             self.index.forget_object(key)
