@@ -4,7 +4,6 @@ listener; and shuts them down in reverse order."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -18,6 +17,7 @@ from tidelog.config import Config, parse_listener
 from tidelog.controller.election import ControllerElection
 from tidelog.controller.membership import BrokerRecord, Membership
 from tidelog.controller.placement import Candidate, place
+from tidelog.controller.takeover import Takeovers, claim_own_wal
 from tidelog.coordinator.coordinator import CoordinatorConfig, GroupCoordinator
 from tidelog.coordinator.transactions import TransactionCoordinator, TxnConfig
 from tidelog.metadata.base import MetadataStore
@@ -38,6 +38,7 @@ from tidelog.partition.partition import describe
 from tidelog.partition.topics import TopicManager
 from tidelog.stream.engine import EngineConfig, StreamEngine
 from tidelog.stream.object_compaction import CompactionConfig
+from tidelog.stream.wal.base import WAL
 from tidelog.stream.wal.uri import OBJECT_WAL_SCHEMES, open_wal
 
 log = logging.getLogger(__name__)
@@ -71,16 +72,6 @@ def _without_query(uri: str) -> str:
     return uri.split("?", 1)[0]
 
 
-async def _bump_wal_epoch(meta: MetadataStore, node_id: int) -> int:
-    """Take this broker's WAL with a higher epoch than any previous owner (fencing)."""
-    key = f"/wals/{node_id}"
-    entry = await meta.get(key)
-    epoch = (json.loads(entry.value)["epoch"] + 1) if entry else 1
-    await meta.put_if(key, json.dumps({"epoch": epoch, "owner": node_id}).encode(),
-                      entry.version if entry else 0)
-    return epoch
-
-
 class Broker:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -94,6 +85,7 @@ class Broker:
         self.log_manager: LogManager | None = None
         self.membership: Membership | None = None
         self.election: ControllerElection | None = None
+        self.takeovers: Takeovers | None = None
         self.peers: PeerClient | None = None
         self.authorizer: Authorizer | None = None
         self.node_id = 0
@@ -119,10 +111,18 @@ class Broker:
         store = CountingObjectStore(
             open_with_emulation(c.get_str("objectstore.uri"), open_object_store),
             self.store_stats)
-        wal = open_wal(wal_file_uri(c.get_str("wal.uri"), node_id),
-                       capacity=c.get_int("wal.capacity"),
-                       append_timeout=c.get_int("append.timeout.ms") / 1000,
-                       wrap_store=lambda s: CountingObjectStore(s, self.store_stats))
+        own_wal = wal_file_uri(c.get_str("wal.uri"), node_id)
+
+        def wal_at(uri: str) -> WAL:
+            """A WAL with this broker's options: its own, or one it takes over (recorded
+            without a query: the options and credentials are this broker's)."""
+            query = c.get_str("wal.uri").partition("?")[2]
+            return open_wal(uri if "?" in uri or not query else f"{uri}?{query}",
+                            capacity=c.get_int("wal.capacity"),
+                            append_timeout=c.get_int("append.timeout.ms") / 1000,
+                            wrap_store=lambda s: CountingObjectStore(s, self.store_stats))
+
+        wal = wal_at(own_wal)
         self.engine = StreamEngine(wal, store, self.meta, EngineConfig(
             upload_bytes=c.get_int("upload.bytes"),
             upload_interval=c.get_int("upload.interval.ms") / 1000,
@@ -149,7 +149,8 @@ class Broker:
                 on_deadline=lambda d: setattr(engine, "ack_deadline", d),
                 on_lost=lambda why: engine.fail(f"lease lost: {why}"))
             await self.membership.register()
-        await self.engine.start(await _bump_wal_epoch(self.meta, node_id))
+        await self.engine.start(await claim_own_wal(
+            self.meta, node_id, _without_query(own_wal), c.get_str("broker.rack") or None))
         self.topics = TopicManager(self.engine, self.meta,
                                    c.get_int("producer.id.expiration.ms"),
                                    broker_configs=c.values,
@@ -163,10 +164,16 @@ class Broker:
                 engine.cluster_jobs = active
                 if active:
                     topics.place_unplaced()  # what was created while there was none
+                    if self.takeovers is not None:
+                        self.takeovers.poke()  # WALs left without a taker meanwhile
 
             self.election = election = ControllerElection(
                 self.meta, node_id, lambda: membership.lease, on_change=controller_changed)
             topics.is_controller = lambda: election.active
+            self.takeovers = Takeovers(self.meta, engine, membership, wal_at,
+                                       lambda: election.active,
+                                       restart_grace=membership.ttl)
+            await self.takeovers.start()
             await self.election.start()
         self.log_manager = LogManager(self.topics, LogManagerConfig(
             retention_check_interval=c.get_int("log.retention.check.interval.ms") / 1000,
@@ -273,6 +280,8 @@ class Broker:
             await self.peers.close()
         if self.authorizer is not None:
             await self.authorizer.close()
+        if self.takeovers is not None:
+            await self.takeovers.stop()
         if self.election is not None:
             await self.election.stop()
         if self.topics is not None:

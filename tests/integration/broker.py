@@ -98,21 +98,23 @@ class BrokerProcess:
         deadline = time.monotonic() + timeout
         while not ready.exists():
             if self.proc.poll() is not None:
-                raise RuntimeError(f"broker exited early:\n{self.log()}")
+                raise RuntimeError(f"broker exited early:\n{self.log(5000)}")
             if time.monotonic() > deadline:
                 self.kill()
-                raise RuntimeError(f"broker not ready in {timeout}s:\n{self.log()}")
+                raise RuntimeError(f"broker not ready in {timeout}s:\n{self.log(5000)}")
             time.sleep(0.05)
         self.port = int(ready.read_text())
         self.metrics_port = int(metrics_ready.read_text())  # written before `ready`
         self.port_fixed = self.port  # restarts keep the address clients know
         return self
 
-    def log(self) -> str:
+    def log(self, tail: int | None = None) -> str:
+        """The broker's log so far (its last `tail` characters, for error messages)."""
         try:
-            return self.log_path.read_text(errors="replace")[-5000:]
+            text = self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+        return text if tail is None else text[-tail:]
 
     def stop(self, timeout: float = 30.0) -> int:
         if self.proc is None:

@@ -1,4 +1,5 @@
-"""Placement of new partitions: fewest partitions first, racks interleaved, ties by id."""
+"""Placement of new partitions: spread over every broker, the less loaded first, racks
+interleaved, ties by id."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ def test_even_over_brokers_and_racks() -> None:
     assert place(12, brokers, {}) == [1, 2, 3] * 4
 
 
-def test_fills_the_least_loaded_first() -> None:
+def test_spreads_every_topic_and_gives_the_remainder_to_the_less_loaded() -> None:
     brokers = [Candidate(1, "a"), Candidate(2, "b"), Candidate(3, "c")]
     owners = place(6, brokers, {1: 5, 2: 1})
-    assert Counter(owners) == {2: 3, 3: 3}  # the loaded broker 1 gets none
+    assert Counter(owners) == {1: 2, 2: 2, 3: 2}  # every broker leads some of the topic
+    assert owners[:3] == [3, 2, 1]  # the less loaded first
+    assert Counter(place(4, brokers, {1: 5, 2: 1})) == {3: 2, 2: 1, 1: 1}
 
 
 def test_unbalanced_zones_still_spread() -> None:

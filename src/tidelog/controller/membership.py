@@ -87,6 +87,8 @@ class Membership:
         """Every registered broker, this one included, by node id."""
         self.changed = asyncio.Event()
         """Set at each registry change (and cleared by whoever waits on it)."""
+        self.listeners: list[Callable[[], None]] = []
+        """Called at each registry change (the controller's takeover check)."""
         self._on_deadline = on_deadline
         self._on_lost = on_lost
         self._clock = clock
@@ -212,3 +214,5 @@ class Membership:
         else:
             self.live[node] = BrokerRecord.decode(event.value)
         self.changed.set()
+        for listener in self.listeners:
+            listener()

@@ -10,13 +10,15 @@ from prometheus_client.core import Metric
 
 from tidelog.controller.election import ControllerElection
 from tidelog.controller.membership import Membership
+from tidelog.controller.takeover import Takeovers
 from tidelog.metrics.families import counter, gauge
 from tidelog.partition.topics import TopicManager
 from tidelog.stream.engine import StreamEngine
 
 
 def cluster(membership: Membership, election: ControllerElection | None,
-            engine: StreamEngine, topics: TopicManager) -> Iterator[Metric]:
+            engine: StreamEngine, topics: TopicManager,
+            takeovers: Takeovers | None = None) -> Iterator[Metric]:
     yield gauge("tidelog_broker_lease_remaining_seconds",
                 "Seconds this broker may still acknowledge writes without a lease renewal "
                 "(0: fenced)", membership.remaining())
@@ -32,3 +34,15 @@ def cluster(membership: Membership, election: ControllerElection | None,
                   "named another owner or a newer epoch", engine.released_streams)
     yield counter("tidelog_orphan_streams_deleted", "Streams no topic named, deleted by "
                   "this broker as controller", topics.orphan_streams_deleted)
+    if takeovers is None:
+        return
+    yield counter("tidelog_takeovers", "Dead brokers' WALs this broker replayed into objects "
+                  "(failovers it carried out)", takeovers.takeovers)
+    yield counter("tidelog_takeovers_abandoned", "Takeovers this broker gave up (another taker "
+                  "or the owner moved the WAL on, or a failure)", takeovers.takeovers_abandoned)
+    yield counter("tidelog_takeover_replayed_bytes", "Bytes of dead brokers' WALs this broker "
+                  "wrote into objects", takeovers.replayed_bytes)
+    yield gauge("tidelog_takeover_last_seconds", "Duration of this broker's last takeover "
+                "(WAL open to done)", takeovers.last_takeover_seconds)
+    yield counter("tidelog_takeovers_assigned", "WAL takeovers this broker assigned as "
+                  "controller", takeovers.assigned)

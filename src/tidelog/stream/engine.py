@@ -134,6 +134,7 @@ class StreamEngine:
         self._clock = clock
         self._space = asyncio.Event()
         self._upload_now = asyncio.Event()
+        self._index_changed = asyncio.Condition()
         self._uploader: asyncio.Task[None] | None = None
         self._compactor: asyncio.Task[None] | None = None
         self._follower: asyncio.Task[None] | None = None
@@ -231,6 +232,9 @@ class StreamEngine:
         taken = await self._take([m])
         if not taken or stream_id in self.streams:
             return self.streams.get(stream_id)
+        await self._await_index(taken[0])
+        if stream_id in self.streams:
+            return self.streams[stream_id]
         s = Stream(self, taken[0], taken[0].end_offset)
         self.streams[stream_id] = s
         return s
@@ -523,6 +527,70 @@ class StreamEngine:
             log.debug("uploaded %d bytes in %d objects", size, len(objects))
             return size
 
+    # ---- takeover of another broker's WAL --------------------------------------------
+
+    async def save_wal_tail(self, wal: WAL, metas: list[StreamMeta],
+                            extra: Callable[[Txn, bool], None]) -> tuple[int, int]:
+        """Takeover: write the records of `wal` (another broker's, opened here with a
+        higher epoch, which fenced its writer) that `metas`' streams have not in objects
+        yet straight into objects, and commit them with each stream's new end and owner
+        -1 (unplaced: the controller places it), compared on each stream's version;
+        `extra(txn, last)` adds the caller's part to every commit. The scan and the object
+        building run in a thread; nothing goes through this broker's log cache.
+
+        Returns (records, bytes) saved. Raises `Fenced` when a stream or the caller's
+        compares changed (another taker, or the owner back): nothing of that commit is
+        visible, and its objects are collected through their intents."""
+        by_id = {m.stream_id: m for m in metas}
+        tail = await asyncio.to_thread(self._wal_tail, wal, by_id)
+        saved_records = saved_bytes = 0
+        chunk = MAX_TXN_OPS // 4
+        order = sorted(by_id)
+        for i in range(0, max(len(order), 1), chunk):
+            part = order[i:i + chunk]
+            by_stream = {sid: tail[sid] for sid in part if sid in tail}
+            objects = await self._build_objects(by_stream)
+            try:
+                for key, builder in objects:
+                    await self.store.put(key, builder.finish())
+                txn = Txn()
+                for key, builder in objects:
+                    self.catalog.reference(txn, key, builder)
+                for sid in part:
+                    m = by_id[sid]
+                    es = by_stream.get(sid)
+                    end = es[-1].last_offset + 1 if es else m.end_offset
+                    txn.compares.append((meta_key(STREAMS, sid), m.version))
+                    txn.puts.append((meta_key(STREAMS, sid), encode_stream(
+                        replace(m, end_offset=end, owner=-1))))
+                extra(txn, i + chunk >= len(order))
+                rev = await self.meta.commit(txn)
+            except BaseException:
+                self.catalog.abandon(k for k, _ in objects)  # their intents collect them
+                raise
+            self.catalog.referenced(rev, objects)
+            saved_records += sum(len(es) for es in by_stream.values())
+            saved_bytes += sum(b.size for _k, b in objects)
+        return saved_records, saved_bytes
+
+    def _wal_tail(self, wal: WAL, metas: dict[int, StreamMeta]) -> dict[int, list[CacheEntry]]:
+        """In a thread: the records of `wal` at or past each stream's end, in order."""
+        tail: dict[int, list[CacheEntry]] = {}
+        for rec in wal.recover():
+            m = metas.get(rec.stream_id)
+            if m is None or rec.last_offset < m.end_offset or rec.stream_epoch > m.epoch:
+                continue  # not this broker's stream now, already in objects, or newer
+            es = tail.setdefault(rec.stream_id, [])
+            expected = es[-1].last_offset + 1 if es else m.end_offset
+            if rec.base_offset != expected:
+                log.error("stream %d: WAL record at offset %d where %d was expected (a gap "
+                          "in the dead broker's WAL); saving what is there", rec.stream_id,
+                          rec.base_offset, expected)
+            ts, count = self._describe(rec.payload)
+            es.append(CacheEntry(rec.stream_id, rec.base_offset, rec.last_offset,
+                                 rec.payload, ts, count, rec.next_position))
+        return tail
+
     async def _fenced(self, exc: Fenced) -> None:
         """An upload commit's compare failed: every stream it names that no longer is ours
         at our epoch (another broker opened it, or its topic was deleted) is closed here,
@@ -672,6 +740,28 @@ class StreamEngine:
             self.catalog.forget(int(event.key[len(OBJECTS):]))
         else:
             self.catalog.apply_object(event.value, event.version)
+        async with self._index_changed:
+            self._index_changed.notify_all()
+
+    def _indexed_end(self, stream_id: int) -> int:
+        return max((b.end_offset for _k, b in self.index.blocks(stream_id)), default=-1)
+
+    async def _await_index(self, m: StreamMeta, timeout: float = 5.0) -> None:
+        """Before serving a stream opened after the start: the objects its record counts
+        (up to its end) may have been written by another broker (a takeover, a previous
+        owner) and reach this index through the watch of `/objects/`, which can lag the
+        watch that placed the stream here. Wait for them, so that a read below the end
+        never takes a missing object for a compacted-away gap and skips it."""
+        if not self.cluster or m.end_offset <= m.start_offset:
+            return
+        async with self._index_changed:
+            try:
+                await asyncio.wait_for(self._index_changed.wait_for(
+                    lambda: self._indexed_end(m.stream_id) >= m.end_offset), timeout)
+            except TimeoutError:
+                log.warning("stream %d: the object index reaches offset %d, its record %d "
+                            "after %.0fs; serving it anyway", m.stream_id,
+                            self._indexed_end(m.stream_id), m.end_offset, timeout)
 
     async def _reload_objects(self, listing: Listing) -> None:
         live = {json.loads(e.value)["key"] for e in listing}
@@ -679,6 +769,8 @@ class StreamEngine:
             self.index.forget_object(key)
             del self.catalog.objects[key]
         self.catalog.load_objects(listing)
+        async with self._index_changed:
+            self._index_changed.notify_all()
 
     # ---- read path ------------------------------------------------------------------
 

@@ -1,0 +1,198 @@
+"""Failover by WAL takeover (docs/design/0002-failover.md), on one 3-broker cluster for
+the module with a 2 s lease: a broker killed with SIGKILL under an acks=all producer has
+its WAL replayed into objects by a survivor and its partitions served by the others within
+seconds; nothing acknowledged is lost; the dead broker comes back to an empty WAL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from tests.integration.cluster import Cluster, wait_for
+from tidelog.controller.takeover import WalOwner, wal_key
+from tidelog.metadata.uri import open_metadata
+from tidelog.tools.local_postgres import LocalPostgres
+
+PARTITIONS = 12
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def cluster(postgres: LocalPostgres, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[Cluster]:
+    dsn = postgres.create_database(f"f_{uuid.uuid4().hex[:10]}")
+    c = Cluster(tmp_path_factory.mktemp("failover"), dsn, settings={
+        "broker.session.timeout.ms": "2000",
+        "broker.heartbeat.interval.ms": "400",
+        "upload.interval.ms": "2000",  # a tail left in the WAL for the taker to save
+    })
+    try:
+        yield c.start()
+    finally:
+        c.stop()
+
+
+def leaders(bootstrap: str, topic: str) -> dict[int, int]:
+    md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10)
+    return {p.id: p.leader for p in md.topics[topic].partitions.values()}
+
+
+def controller(bootstrap: str) -> int:
+    return int(AdminClient({"bootstrap.servers": bootstrap}).list_topics(
+        timeout=10).controller_id)
+
+
+def wal_owner(cluster: Cluster, node: int) -> WalOwner:
+    async def get() -> WalOwner:
+        store = open_metadata(cluster.dsn)
+        try:
+            entry = await store.get(wal_key(node))
+            assert entry is not None
+            return WalOwner.decode(node, entry.value, entry.version)
+        finally:
+            await store.close()
+
+    return asyncio.run(get())
+
+
+class Load:
+    """An idempotent acks=all producer of numbered records to every partition, recording
+    when each acknowledgement arrived."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self.acked: list[tuple[int, int, float]] = []  # (partition, number, when)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(bootstrap,))
+        self._thread.start()
+
+    def _run(self, bootstrap: str) -> None:
+        p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "acks": "all",
+                      "enable.idempotence": True, "message.timeout.ms": 120_000})
+        n = 0
+
+        def done(err: object, m: object) -> None:
+            if err is None:
+                part, number = m.partition(), int(m.value().split(b"-")[1])  # type: ignore[attr-defined]
+                self.acked.append((part, number, time.monotonic()))
+
+        while not self._stop.is_set():
+            p.produce(self.topic, value=f"{n % PARTITIONS}-{n}".encode(),
+                      partition=n % PARTITIONS, on_delivery=done)
+            n += 1
+            if n % 50 == 0:
+                p.poll(0.01)
+        assert p.flush(120) == 0
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(150)
+
+
+def read_all(bootstrap: str, topic: str, n: int) -> dict[int, list[int]]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.subscribe([topic])
+    out: dict[int, list[int]] = {}
+    got = 0
+    deadline = time.monotonic() + 90
+    try:
+        while got < n and time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is None or m.error():
+                continue
+            out.setdefault(m.partition(), []).append(int(m.value().split(b"-")[1]))
+            got += 1
+    finally:
+        c.close()
+    return out
+
+
+def kill_under_load(cluster: Cluster, topic: str, victim: int) -> dict[int, float]:
+    """SIGKILL `victim` while the load runs; returns, per partition it led, the seconds
+    from the kill to the first acknowledgement after it."""
+    boot = next(b.bootstrap for n, b in cluster.brokers.items() if n != victim)
+    admin = AdminClient({"bootstrap.servers": boot})
+    for f in admin.create_topics([NewTopic(topic, PARTITIONS)], operation_timeout=20).values():
+        f.result(30)
+    wait_for(lambda: -1 not in leaders(boot, topic).values(), timeout=30, what="leaders")
+    led = [p for p, leader in leaders(boot, topic).items() if leader == victim]
+    assert led, "the victim leads no partition"
+    load = Load(cluster.bootstrap, topic)
+    try:
+        wait_for(lambda: len(load.acked) > 2000, timeout=60, what="load before the kill")
+        killed = time.monotonic()
+        cluster.brokers[victim].kill()
+        seen = len(load.acked)
+
+        def resumed() -> bool:
+            after = {p for p, _n, t in load.acked[seen:] if t > killed}
+            return set(led) <= after
+
+        wait_for(resumed, timeout=60, what="every partition of the dead broker to resume")
+        wait_for(lambda: len(load.acked) > seen + 2000, timeout=60, what="more load")
+    finally:
+        load.stop()
+    firsts = {p: min(t for q, _n, t in load.acked if q == p and t > killed) - killed
+              for p in led}
+    acked = list(load.acked)
+    got = read_all(boot, topic, len(acked))
+    for p in range(PARTITIONS):
+        numbers = [n for q, n, _t in acked if q == p]
+        read = got.get(p, [])
+        assert set(numbers) <= set(read), f"partition {p}: acknowledged records lost"
+        assert read == sorted(read), f"partition {p}: out of order"
+        assert len(read) == len(set(read)), f"partition {p}: duplicates"
+    return firsts
+
+
+def test_kill_9_of_a_partition_owner_fails_over_by_wal_takeover(cluster: Cluster) -> None:
+    boot = cluster.brokers[1].bootstrap
+    victim = next(n for n in (3, 2, 1) if n != controller(boot))
+    before = wal_owner(cluster, victim).epoch
+    firsts = kill_under_load(cluster, "failover-owner", victim)
+    print(f"\nkill -9 of broker {victim} (2 s lease): first acknowledged produce per "
+          f"partition after {sorted(round(s, 2) for s in firsts.values())} s")
+    rec = wal_owner(cluster, victim)
+    assert rec.done and rec.taker is not None and rec.taker != victim
+    assert rec.epoch == before + 1
+    taker_log = cluster.brokers[rec.taker].log()
+    assert f"took over broker {victim}'s WAL" in taker_log
+    saved = [line for line in taker_log.splitlines() if f"took over broker {victim}" in line]
+    assert " 0 records" not in saved[-1]  # the unuploaded tail went into objects
+    assert max(firsts.values()) < 15
+
+    # back with the same node.id: its WAL was emptied, it starts afresh and serves again
+    cluster.brokers[victim].start(timeout=60)
+    assert "was taken over by broker" in cluster.brokers[victim].log()
+    rec = wal_owner(cluster, victim)
+    assert not rec.pending and rec.taker is None and rec.epoch == before + 2
+    wait_for(lambda: victim in AdminClient({"bootstrap.servers": boot})
+             .list_topics(timeout=5).brokers, what="the broker to rejoin")
+
+
+def test_kill_9_of_the_controller_fails_over_too(cluster: Cluster) -> None:
+    boot = cluster.brokers[1].bootstrap
+    victim = controller(boot)
+    firsts = kill_under_load(cluster, "failover-controller", victim)
+    print(f"\nkill -9 of the controller, broker {victim}: first acknowledged produce per "
+          f"partition after {sorted(round(s, 2) for s in firsts.values())} s")
+    survivor = next(b.bootstrap for n, b in cluster.brokers.items() if n != victim)
+    assert controller(survivor) not in (victim, -1)
+    assert wal_owner(cluster, victim).done
+    cluster.brokers[victim].start(timeout=60)
+
+
+def test_wal_record_round_trip() -> None:
+    rec = WalOwner(4, 7, "file:///w/broker-4.wal", "b", taker=2, done=True, version=9)
+    assert WalOwner.decode(4, rec.encode(), 9) == rec
+    assert json.loads(WalOwner(4, 1).encode()) == {"epoch": 1, "owner": 4}
