@@ -6,19 +6,26 @@ seconds; nothing acknowledged is lost; the dead broker comes back to an empty WA
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
+import os
+import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from kio.schema.errors import ErrorCode
+from kio.schema.produce.v9 import request as produce_req
 
 from tests.integration.cluster import Cluster, wait_for
+from tests.integration.rawclient import RawClient
 from tidelog.controller.takeover import WalOwner, wal_key
 from tidelog.metadata.uri import open_metadata
+from tidelog.protocol.records import build_batch
 from tidelog.tools.local_postgres import LocalPostgres
 
 PARTITIONS = 12
@@ -68,16 +75,19 @@ class Load:
     """An idempotent acks=all producer of numbered records to every partition, recording
     when each acknowledgement arrived."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, **conf: object) -> None:
         self.topic = topic
+        self.conf = conf
         self.acked: list[tuple[int, int, float]] = []  # (partition, number, when)
+        self.sent_at: dict[int, float] = {}  # number -> when produce() was called
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(bootstrap,))
         self._thread.start()
 
     def _run(self, bootstrap: str) -> None:
         p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "acks": "all",
-                      "enable.idempotence": True, "message.timeout.ms": 120_000})
+                      "enable.idempotence": True, "message.timeout.ms": 120_000,
+                      **self.conf})
         n = 0
 
         def done(err: object, m: object) -> None:
@@ -86,8 +96,13 @@ class Load:
                 self.acked.append((part, number, time.monotonic()))
 
         while not self._stop.is_set():
-            p.produce(self.topic, value=f"{n % PARTITIONS}-{n}".encode(),
-                      partition=n % PARTITIONS, on_delivery=done)
+            self.sent_at[n] = time.monotonic()
+            try:
+                p.produce(self.topic, value=f"{n % PARTITIONS}-{n}".encode(),
+                          partition=n % PARTITIONS, on_delivery=done)
+            except BufferError:  # a partition waits for its new leader: let it drain
+                p.poll(0.05)
+                continue
             n += 1
             if n % 50 == 0:
                 p.poll(0.01)
@@ -98,28 +113,38 @@ class Load:
         self._thread.join(150)
 
 
-def read_all(bootstrap: str, topic: str, n: int) -> dict[int, list[int]]:
+def read_all(bootstrap: str, topic: str) -> dict[int, list[int]]:
+    """Every record of every partition, up to the high watermarks read first (a count
+    would stop short: records written but never acknowledged are there too)."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    c.subscribe([topic])
+    ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(PARTITIONS)}
+    c.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
     out: dict[int, list[int]] = {}
-    got = 0
+    done = {p for p, end in ends.items() if end == 0}
     deadline = time.monotonic() + 90
     try:
-        while got < n and time.monotonic() < deadline:
+        while len(done) < PARTITIONS and time.monotonic() < deadline:
             m = c.poll(0.5)
             if m is None or m.error():
                 continue
             out.setdefault(m.partition(), []).append(int(m.value().split(b"-")[1]))
-            got += 1
+            if m.offset() + 1 >= ends[m.partition()]:
+                done.add(m.partition())
     finally:
         c.close()
+    assert len(done) == PARTITIONS, f"read to the end of {sorted(done)} only"
     return out
 
 
-def kill_under_load(cluster: Cluster, topic: str, victim: int) -> dict[int, float]:
-    """SIGKILL `victim` while the load runs; returns, per partition it led, the seconds
-    from the kill to the first acknowledgement after it."""
+def kill_under_load(cluster: Cluster, topic: str, victim: int,
+                    fail: Callable[[], None] | None = None,
+                    resumed_then: Callable[[], None] | None = None,
+                    **producer: object) -> dict[int, float]:
+    """SIGKILL `victim` (or `fail` it another way) while the load runs; returns, per
+    partition it led, the seconds from the failure to the first acknowledgement after it.
+    `resumed_then` runs once all its partitions take writes again, under the load."""
     boot = next(b.bootstrap for n, b in cluster.brokers.items() if n != victim)
     admin = AdminClient({"bootstrap.servers": boot})
     for f in admin.create_topics([NewTopic(topic, PARTITIONS)], operation_timeout=20).values():
@@ -127,31 +152,42 @@ def kill_under_load(cluster: Cluster, topic: str, victim: int) -> dict[int, floa
     wait_for(lambda: -1 not in leaders(boot, topic).values(), timeout=30, what="leaders")
     led = [p for p, leader in leaders(boot, topic).items() if leader == victim]
     assert led, "the victim leads no partition"
-    load = Load(cluster.bootstrap, topic)
+    load = Load(cluster.bootstrap, topic, **producer)
     try:
         wait_for(lambda: len(load.acked) > 2000, timeout=60, what="load before the kill")
         killed = time.monotonic()
-        cluster.brokers[victim].kill()
+        (fail or cluster.brokers[victim].kill)()
         seen = len(load.acked)
 
         def resumed() -> bool:
-            after = {p for p, _n, t in load.acked[seen:] if t > killed}
+            after = {p for p, n, _t in load.acked[seen:] if load.sent_at[n] > killed}
             return set(led) <= after
 
         wait_for(resumed, timeout=60, what="every partition of the dead broker to resume")
+        if resumed_then is not None:
+            resumed_then()
         wait_for(lambda: len(load.acked) > seen + 2000, timeout=60, what="more load")
     finally:
         load.stop()
-    firsts = {p: min(t for q, _n, t in load.acked if q == p and t > killed) - killed
-              for p in led}
+    # the first acknowledgement of a record produced after the failure (a callback
+    # after it may be for an answer the dead broker gave before)
+    firsts = {p: min(t for q, n, t in load.acked if q == p and load.sent_at[n] > killed)
+              - killed for p in led}
     acked = list(load.acked)
-    got = read_all(boot, topic, len(acked))
+    got = read_all(boot, topic)
     for p in range(PARTITIONS):
-        numbers = [n for q, n, _t in acked if q == p]
+        numbers = {n for q, n, _t in acked if q == p}
         read = got.get(p, [])
-        assert set(numbers) <= set(read), f"partition {p}: acknowledged records lost"
-        assert read == sorted(read), f"partition {p}: out of order"
-        assert len(read) == len(set(read)), f"partition {p}: duplicates"
+        assert numbers <= set(read), f"partition {p}: acknowledged records lost"
+        # Kafka's guarantee for an idempotent producer: what it was told is written is
+        # in the order produced, once. Records whose fate it never learned (in flight to
+        # a broker that stopped) may be in the log too; they are reported, not asserted.
+        kept = [n for n in read if n in numbers]
+        assert kept == sorted(kept), f"partition {p}: acknowledged records out of order"
+        assert len(kept) == len(numbers), f"partition {p}: acknowledged records twice"
+        if read != sorted(read) or len(read) != len(set(read)):
+            print(f"partition {p}: {len(read) - len(kept)} records never acknowledged are "
+                  "in the log, not all in order")
     return firsts
 
 
@@ -190,6 +226,54 @@ def test_kill_9_of_the_controller_fails_over_too(cluster: Cluster) -> None:
     assert controller(survivor) not in (victim, -1)
     assert wal_owner(cluster, victim).done
     cluster.brokers[victim].start(timeout=60)
+
+
+def test_a_broker_paused_past_its_lease_acknowledges_nothing_after_it(
+        cluster: Cluster) -> None:
+    """SIGSTOP past the lease: the others take its WAL and partitions over; on SIGCONT
+    it answers no produce with success, gives up and exits (to be restarted)."""
+    boot = cluster.brokers[1].bootstrap
+    victim = next(n for n in (2, 3, 1) if n != controller(boot))
+    b = cluster.brokers[victim]
+    assert b.proc is not None
+    pid = b.proc.pid
+
+    def resume_and_probe() -> None:
+        os.kill(pid, signal.SIGCONT)
+        for partition in range(PARTITIONS):
+            try:
+                raw = RawClient("127.0.0.1", b.port)
+            except OSError:
+                return  # gone already: acknowledged nothing
+            try:
+                resp = raw.request(produce_req.ProduceRequest(
+                    transactional_id=None, acks=-1, timeout=datetime.timedelta(seconds=5),
+                    topic_data=(produce_req.TopicProduceData(
+                        name="failover-paused", partition_data=(
+                            produce_req.PartitionProduceData(
+                                index=partition,
+                                records=build_batch([(b"k", b"after-the-lease")])),)),)))
+            except (OSError, EOFError, ConnectionError):
+                return
+            finally:
+                raw.close()
+            code = resp.responses[0].partition_responses[0].error_code
+            assert code != ErrorCode.none, f"the paused broker acknowledged {partition}"
+
+    firsts = kill_under_load(cluster, "failover-paused", victim,
+                             fail=lambda: os.kill(pid, signal.SIGSTOP),
+                             resumed_then=resume_and_probe,
+                             # a stopped broker keeps its connections open: the client
+                             # gives up on what it sent there (its fate unknown, so an
+                             # idempotent producer fails those records) and follows
+                             **{"request.timeout.ms": 5000, "message.timeout.ms": 10_000})
+    print(f"\nSIGSTOP of broker {victim}: first acknowledged produce per partition after "
+          f"{sorted(round(s, 2) for s in firsts.values())} s")
+    assert b.proc.wait(30) == 1  # it gave up once it could run again
+    assert "acknowledging nothing more" in b.log()
+    b.proc = None
+    assert wal_owner(cluster, victim).done
+    b.start(timeout=60)
 
 
 def test_wal_record_round_trip() -> None:
