@@ -51,9 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     from tidelog.tools import topics_command
 
     topics_command.add_commands(sub)
-    from tidelog.tools import cluster
+    from tidelog.tools import cluster, partitions
 
     cluster.add_commands(sub)
+    partitions.add_commands(sub)
     st = sub.add_parser("status", help="a broker's key figures, from its metrics endpoint")
     st.add_argument("--metrics-url", default="http://localhost:9464/metrics")
     st.add_argument("--interval", type=float, default=1.0,
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         return _status(args)
     if args.command == "cost":
         return _cost(args)
+    if args.command == "partitions":
+        return partitions.run(args)
     if args.command == "cluster":
         return cluster.run(args)
     try:

@@ -10,6 +10,8 @@ import datetime
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -51,6 +53,13 @@ def cluster(postgres: LocalPostgres, tmp_path_factory: pytest.TempPathFactory
 def leaders(bootstrap: str, topic: str) -> dict[int, int]:
     md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10)
     return {p.id: p.leader for p in md.topics[topic].partitions.values()}
+
+
+def create(boot: str, topic: str) -> None:
+    admin = AdminClient({"bootstrap.servers": boot})
+    for f in admin.create_topics([NewTopic(topic, PARTITIONS)], operation_timeout=20).values():
+        f.result(30)
+    wait_for(lambda: -1 not in leaders(boot, topic).values(), timeout=30, what="leaders")
 
 
 def controller(bootstrap: str) -> int:
@@ -129,7 +138,8 @@ def read_all(bootstrap: str, topic: str) -> dict[int, list[int]]:
             m = c.poll(0.5)
             if m is None or m.error():
                 continue
-            out.setdefault(m.partition(), []).append(int(m.value().split(b"-")[1]))
+            if not m.value().startswith(b"filler"):
+                out.setdefault(m.partition(), []).append(int(m.value().split(b"-")[1]))
             if m.offset() + 1 >= ends[m.partition()]:
                 done.add(m.partition())
     finally:
@@ -146,10 +156,7 @@ def kill_under_load(cluster: Cluster, topic: str, victim: int,
     partition it led, the seconds from the failure to the first acknowledgement after it.
     `resumed_then` runs once all its partitions take writes again, under the load."""
     boot = next(b.bootstrap for n, b in cluster.brokers.items() if n != victim)
-    admin = AdminClient({"bootstrap.servers": boot})
-    for f in admin.create_topics([NewTopic(topic, PARTITIONS)], operation_timeout=20).values():
-        f.result(30)
-    wait_for(lambda: -1 not in leaders(boot, topic).values(), timeout=30, what="leaders")
+    create(boot, topic)
     led = [p for p, leader in leaders(boot, topic).items() if leader == victim]
     assert led, "the victim leads no partition"
     load = Load(cluster.bootstrap, topic, **producer)
@@ -173,6 +180,11 @@ def kill_under_load(cluster: Cluster, topic: str, victim: int,
     # after it may be for an answer the dead broker gave before)
     firsts = {p: min(t for q, n, t in load.acked if q == p and load.sent_at[n] > killed)
               - killed for p in led}
+    verify(load, boot, topic)
+    return firsts
+
+
+def verify(load: Load, boot: str, topic: str) -> None:
     acked = list(load.acked)
     got = read_all(boot, topic)
     for p in range(PARTITIONS):
@@ -188,7 +200,6 @@ def kill_under_load(cluster: Cluster, topic: str, victim: int,
         if read != sorted(read) or len(read) != len(set(read)):
             print(f"partition {p}: {len(read) - len(kept)} records never acknowledged are "
                   "in the log, not all in order")
-    return firsts
 
 
 def test_kill_9_of_a_partition_owner_fails_over_by_wal_takeover(cluster: Cluster) -> None:
@@ -274,6 +285,69 @@ def test_a_broker_paused_past_its_lease_acknowledges_nothing_after_it(
     b.proc = None
     assert wal_owner(cluster, victim).done
     b.start(timeout=60)
+
+
+def test_a_partition_moves_in_seconds_through_kafka_python_and_the_cli(
+        cluster: Cluster) -> None:
+    """AlterPartitionReassignments (kafka-python's, as kafka-reassign-partitions.sh sends
+    it) moves a partition holding data under load: the owner flushes its tail and hands
+    it over, whatever it holds; the producer follows; nothing acknowledged is lost;
+    `tidelog partitions move` moves it back."""
+    from kafka import TopicPartition as KTopicPartition
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import InvalidReplicationAssignmentError
+
+    boot = cluster.bootstrap
+    topic = "moving"
+    create(boot, topic)
+    big = Producer({"bootstrap.servers": boot, "acks": "all", "linger.ms": 5})
+    for i in range(2000):  # 20 MB in partition 0, some of it still in the WAL
+        big.produce(topic, value=b"filler" * 2000, partition=0)
+        if i % 100 == 0:
+            big.poll(0)
+    assert big.flush(60) == 0
+    owner = leaders(boot, topic)[0]
+    target = next(n for n in sorted(cluster.brokers) if n != owner)
+    load = Load(boot, topic)
+    admin = KafkaAdminClient(bootstrap_servers=boot)
+    try:
+        wait_for(lambda: len(load.acked) > 1000, timeout=60, what="load before the move")
+        started = time.monotonic()
+        result = admin.alter_partition_reassignments({KTopicPartition(topic, 0): [target]})
+        assert result == {KTopicPartition(topic, 0): None}
+
+        def moved() -> bool:
+            return (leaders(boot, topic)[0] == target
+                    and not admin.list_partition_reassignments([KTopicPartition(topic, 0)]))
+
+        wait_for(moved, timeout=30, what="the move")
+        took = time.monotonic() - started
+        seen = len(load.acked)
+        wait_for(lambda: any(p == 0 for p, _n, _t in load.acked[seen:]), timeout=30,
+                 what="produce to the moved partition")
+        bad = admin.alter_partition_reassignments({KTopicPartition(topic, 1): [1, 2]})
+        assert bad[KTopicPartition(topic, 1)] is InvalidReplicationAssignmentError
+        gone = admin.alter_partition_reassignments({KTopicPartition(topic, 1): [77]})
+        assert gone[KTopicPartition(topic, 1)] is InvalidReplicationAssignmentError
+    finally:
+        admin.close()
+        load.stop()
+    print(f"\nmoved {topic}-0 (20 MB, under load) from broker {owner} to {target} in "
+          f"{took:.2f}s (request to the new leader serving, as seen by a client)")
+    assert took < 10
+    verify(load, boot, topic)
+    assert f"moved {topic}-0 to broker {target} in" in cluster.brokers[owner].log()
+
+    cli = subprocess.run(
+        [sys.executable, "-m", "tidelog.cli", "partitions", "move", f"{topic}:0", "--to",
+         str(owner), "--wait", "30", "--bootstrap-server", cluster.brokers[target].bootstrap],
+        capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0, cli.stderr
+    assert leaders(boot, topic)[0] == owner
+    wrong = subprocess.run(
+        [sys.executable, "-m", "tidelog.cli", "partitions", "move", f"{topic}:0", "--to",
+         "77", "--bootstrap-server", boot], capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 1 and "broker 77 is not live" in wrong.stderr
 
 
 def test_wal_record_round_trip() -> None:

@@ -28,6 +28,7 @@ from tidelog.protocol.codec import RequestHeader
 log = logging.getLogger(__name__)
 DELETE_RECORDS, OFFSET_FOR_LEADER_EPOCH, DESCRIBE_LOG_DIRS = 21, 23, 35
 CREATE_PARTITIONS, ELECT_LEADERS, DESCRIBE_PRODUCERS = 37, 43, 61
+ALTER_PARTITION_REASSIGNMENTS, LIST_PARTITION_REASSIGNMENTS = 45, 46
 
 
 # ---- CreatePartitions ---------------------------------------------------------------------
@@ -241,6 +242,93 @@ async def handle_elect_leaders(ctx: Context, header: RequestHeader, req: Any) ->
                 replica_election_results=tuple(results))
 
 
+# ---- AlterPartitionReassignments / ListPartitionReassignments ------------------------------
+# A partition has one copy in shared storage: its "replicas" are its owner, and a
+# reassignment to `[node]` moves it there (the owner flushes its tail and hands it over:
+# seconds, whatever it holds). Answered at once; ListPartitionReassignments shows the moves
+# not done yet, as Kafka shows reassignments in progress.
+
+
+async def handle_alter_partition_reassignments(ctx: Context, header: RequestHeader,
+                                               req: Any) -> Any:
+    mod = response_module(ALTER_PARTITION_REASSIGNMENTS, header.api_version)
+    if not ctx.allowed(header, Operation.ALTER, ResourceType.CLUSTER, "kafka-cluster"):
+        return make(mod.AlterPartitionReassignmentsResponse, throttle_time=timedelta(0),
+                    error_code=error("cluster_authorization_failed"),
+                    error_message="ALTER on the cluster is not allowed", responses=())
+    live = {b.node_id for b in ctx.live_brokers()}
+    topics = []
+    for t in req.topics:
+        parts = []
+        for pt in t.partitions:
+            code, msg = NONE, None
+            try:
+                target: int | None = None
+                if pt.replicas is not None:
+                    if len(pt.replicas) != 1:
+                        raise TopicError("invalid_replica_assignment",
+                                         "partitions have one copy (in shared storage): "
+                                         "name exactly one broker")
+                    target = int(pt.replicas[0])
+                    if target not in live:
+                        raise TopicError("invalid_replica_assignment",
+                                         f"broker {target} is not live")
+                if ctx.cluster is None:
+                    if target not in (None, ctx.broker.node_id):
+                        raise TopicError("invalid_replica_assignment",
+                                         f"broker {target} is not live")
+                    if ctx.topics.partition(t.name, pt.partition_index) is None:
+                        raise TopicError(ctx.topics.missing(t.name, pt.partition_index),
+                                         f"{t.name}-{pt.partition_index} does not exist")
+                    if target is None:
+                        raise TopicError("no_reassignment_in_progress",
+                                         "no reassignment is in progress")
+                else:
+                    await ctx.topics.request_move(t.name, pt.partition_index, target)
+            except TopicError as exc:
+                code, msg = error(exc.code), str(exc)
+                log.info("AlterPartitionReassignments %s-%d: %s", t.name,
+                         pt.partition_index, exc)
+            parts.append(make(mod.ReassignablePartitionResponse,
+                              partition_index=pt.partition_index, error_code=code,
+                              error_message=msg))
+        topics.append(make(mod.ReassignableTopicResponse, name=t.name,
+                           partitions=tuple(parts)))
+    return make(mod.AlterPartitionReassignmentsResponse, throttle_time=timedelta(0),
+                error_code=NONE, error_message=None, responses=tuple(topics))
+
+
+async def handle_list_partition_reassignments(ctx: Context, header: RequestHeader,
+                                              req: Any) -> Any:
+    mod = response_module(LIST_PARTITION_REASSIGNMENTS, header.api_version)
+    if not ctx.allowed(header, Operation.DESCRIBE, ResourceType.CLUSTER, "kafka-cluster"):
+        return make(mod.ListPartitionReassignmentsResponse, throttle_time=timedelta(0),
+                    error_code=error("cluster_authorization_failed"),
+                    error_message="DESCRIBE on the cluster is not allowed", topics=())
+    wanted: dict[str, set[int] | None] | None = None
+    if req.topics is not None:
+        wanted = {t.name: set(t.partition_indexes) for t in req.topics}
+    by_topic: dict[str, list[Any]] = {}
+    for name, topic in sorted(ctx.topics.topics.items()):
+        if wanted is not None and name not in wanted:
+            continue
+        for index, sid in enumerate(topic.streams):
+            target = ctx.topics.moves.get(sid)
+            chosen = wanted.get(name) if wanted is not None else None
+            if target is None or (chosen is not None and index not in chosen):
+                continue
+            owner = ctx.topics.leader(topic, index)[0]
+            removing = (owner,) if owner >= 0 and owner != target else ()
+            by_topic.setdefault(name, []).append(make(
+                mod.OngoingPartitionReassignment, partition_index=index,
+                replicas=(target, *removing), adding_replicas=(target,),
+                removing_replicas=removing))
+    return make(mod.ListPartitionReassignmentsResponse, throttle_time=timedelta(0),
+                error_code=NONE, error_message=None, topics=tuple(
+                    make(mod.OngoingTopicReassignment, name=n, partitions=tuple(ps))
+                    for n, ps in by_topic.items()))
+
+
 APIS = [
     Api(DELETE_RECORDS, 0, 2, handle_delete_records),
     Api(OFFSET_FOR_LEADER_EPOCH, 2, 4, handle_offset_for_leader_epoch),
@@ -248,4 +336,6 @@ APIS = [
     Api(CREATE_PARTITIONS, 0, 3, handle_create_partitions),
     Api(ELECT_LEADERS, 0, 2, handle_elect_leaders),
     Api(DESCRIBE_PRODUCERS, 0, 0, handle_describe_producers),
+    Api(ALTER_PARTITION_REASSIGNMENTS, 0, 0, handle_alter_partition_reassignments),
+    Api(LIST_PARTITION_REASSIGNMENTS, 0, 0, handle_list_partition_reassignments),
 ]

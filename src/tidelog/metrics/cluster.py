@@ -34,6 +34,10 @@ def cluster(membership: Membership, election: ControllerElection | None,
                   "named another owner or a newer epoch", engine.released_streams)
     yield counter("tidelog_orphan_streams_deleted", "Streams no topic named, deleted by "
                   "this broker as controller", topics.orphan_streams_deleted)
+    yield counter("tidelog_partition_moves", "Partitions this broker handed to another "
+                  "(AlterPartitionReassignments, tidelog partitions move)", topics.moves_done)
+    yield gauge("tidelog_partition_move_last_seconds", "Duration of this broker's last "
+                "partition move (move seen to handed over)", topics.last_move_seconds)
     if takeovers is None:
         return
     yield counter("tidelog_takeovers", "Dead brokers' WALs this broker replayed into objects "

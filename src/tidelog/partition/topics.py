@@ -49,6 +49,9 @@ from tidelog.stream.stream import Stream, StreamMeta
 
 log = logging.getLogger(__name__)
 TOPICS = "/topics/"
+MOVES = "/moves/"
+"""`/moves/<stream>` `{target}`: a requested partition move (AlterPartitionReassignments),
+done by the stream's owner (docs/design/0002-failover.md, moves)."""
 BROKER_CONFIGS = "/configs/brokers/"
 DEFAULT_SCOPE = "default"
 LEGAL_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
@@ -157,6 +160,11 @@ class TopicManager:
         topic names, deleted once so for `orphan_grace`."""
         self._untagged: set[int] = set()
         self.orphan_streams_deleted = 0
+        self.moves: dict[int, int] = {}
+        """Cluster: stream id -> target broker of each requested move."""
+        self._moving: dict[int, asyncio.Task[None]] = {}
+        self.moves_done = 0
+        self.last_move_seconds = 0.0
 
     @property
     def broker_configs(self) -> dict[str, str]:
@@ -220,6 +228,13 @@ class TopicManager:
                     name="broker-configs"),
                 loop.create_task(self._sweep_orphans_loop(), name="orphan-streams"),
             ]
+            moves = await self.meta.list_all(MOVES)
+            for e in moves:
+                await self._on_move(WatchEvent(e.key, e.value, e.version))
+            self._followers.append(loop.create_task(follow(
+                self.meta, MOVES, moves.revision, self._on_move, what="partition moves",
+                known=lambda: [meta_key(MOVES, sid) for sid in self.moves]),
+                name="partition-moves"))
             for sid, (owner, _epoch) in list(self.streams.items()):
                 if owner == self.engine.node_id and sid not in self.engine.streams:
                     await self._open(sid)  # placed here while this broker was down
@@ -236,6 +251,8 @@ class TopicManager:
         return topic
 
     async def stop(self) -> None:
+        for task in list(self._moving.values()):
+            task.cancel()
         for task in self._followers:
             task.cancel()
         for task in self._followers:
@@ -356,6 +373,9 @@ class TopicManager:
         txn = Txn()
         placed = []
         for sid, owner in zip(sids, owners, strict=True):
+            if sid in self.moves:  # a move asked for while it had no owner
+                owner = self.moves[sid]
+                txn.deletes.append(meta_key(MOVES, sid))
             entry = await self.meta.get(meta_key(STREAMS, sid))
             if entry is None:
                 continue
@@ -381,6 +401,93 @@ class TopicManager:
         for sid, owner, _epoch in placed:
             if owner == self.engine.node_id:
                 await self._open(sid)
+
+    # ---- cluster mode: partition moves ------------------------------------------------
+
+    async def request_move(self, name: str, index: int, target: int | None) -> None:
+        """Ask for partition `name`-`index` to move to broker `target` (None: cancel a
+        move not done yet). Its owner does it (`_move_out`); the caller checks `target`
+        is a live broker."""
+        topic = self._existing(name)
+        if not 0 <= index < topic.count:
+            raise TopicError("unknown_topic_or_partition",
+                             f"topic {name!r} has no partition {index}")
+        key = meta_key(MOVES, topic.streams[index])
+        if target is None:
+            if topic.streams[index] not in self.moves:
+                raise TopicError("no_reassignment_in_progress",
+                                 f"no reassignment of {name}-{index} is in progress")
+            await self.meta.delete(key)
+            return
+        await self.meta.put(key, json.dumps({"target": target}).encode())
+
+    async def _on_move(self, event: WatchEvent) -> None:
+        sid = int(event.key[len(MOVES):])
+        if event.value is None:
+            self.moves.pop(sid, None)
+            return
+        target = int(json.loads(event.value)["target"])
+        self.moves[sid] = target
+        owner = self.streams.get(sid, (-1, 0))[0]
+        if owner < 0:
+            self.place_unplaced()  # placement honours the move
+        elif sid in self.engine.streams and sid not in self._moving:
+            self._moving[sid] = asyncio.get_running_loop().create_task(
+                self._move_out(sid, target, event.key, event.version), name=f"move-{sid}")
+
+    async def _move_out(self, sid: int, target: int, key: str, version: int) -> None:
+        """Hand a partition owned here to `target`: refuse new appends, let those in
+        flight finish, snapshot its producer state, upload its tail, and in one commit
+        name the target its owner and clear the move (compared on the move too, so a
+        cancelled or changed move is not carried out)."""
+        started = self.clock()
+        try:
+            s = self.engine.streams.get(sid)
+            where = self._of_stream.get(sid)
+            topic = self.topics.get(where[0]) if where else None
+            if s is None or where is None or topic is None:
+                return
+            if target == self.engine.node_id:
+                with contextlib.suppress(Fenced):
+                    await self.meta.commit(Txn(compares=[(key, version)], deletes=[key]))
+                return
+            p = topic.owned.get(where[1])
+            s.sealed = True
+            try:
+                await s.settle(timeout=30)
+                if p is not None:
+                    await p.snapshot_producers()
+
+                def clear(txn: Txn) -> None:
+                    txn.compares.append((key, version))
+                    txn.deletes.append(key)
+
+                moved = await self.engine.hand_over(sid, target, clear)
+            except BaseException:
+                s.sealed = False
+                raise
+            if not moved:
+                log.info("move of %s-%d to broker %d not done: it changed meanwhile",
+                         topic.name, where[1], target)
+                return
+            took = self.clock() - started
+            self.moves_done += 1
+            self.last_move_seconds = took
+            log.info("moved %s-%d to broker %d in %.3fs", topic.name, where[1], target, took)
+            if topic.owned.pop(where[1], None) is not None:
+                for listener in self.close_listeners:
+                    try:
+                        await listener(topic.name, where[1])
+                    except Exception:
+                        log.exception("unloading %s-%d after its move failed", topic.name,
+                                      where[1])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("moving stream %d to broker %d failed (it stays here): %r", sid,
+                        target, exc)
+        finally:
+            self._moving.pop(sid, None)
 
     # ---- cluster mode: orphan streams, on the controller ----------------------------------
 
@@ -476,6 +583,13 @@ class TopicManager:
                  f" for {where[0]}-{where[1]}" if where else "")
         if topic is not None and where is not None:
             await self._opened(topic.name, where[1])
+        target = self.moves.get(sid)
+        if target is not None and sid not in self._moving:  # asked for while it was away
+            key = meta_key(MOVES, sid)
+            entry = await self.meta.get(key)
+            if entry is not None:
+                self._moving[sid] = asyncio.get_running_loop().create_task(
+                    self._move_out(sid, target, key, entry.version), name=f"move-{sid}")
 
     async def _opened(self, name: str, index: int) -> None:
         for listener in self.open_listeners:

@@ -44,7 +44,7 @@ from tidelog.stream.object_compaction import CompactionConfig, compact_objects
 from tidelog.stream.object_format import BlockIndex, ObjectBuilder, Record
 from tidelog.stream.object_index import ObjectIndex
 from tidelog.stream.objects import OBJECTS, ObjectCatalog, meta_key, object_kind
-from tidelog.stream.stream import Stream, StreamMeta
+from tidelog.stream.stream import Stream, StreamError, StreamMeta
 from tidelog.stream.wal.base import WAL, Histogram
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,7 @@ class StreamEngine:
         may have expired by then); None: no lease (the embedded single broker)."""
         self.fenced_streams = 0
         self.released_streams = 0
+        self.moved_streams = 0
         self.store = store
         self.meta = meta
         self.config = config or EngineConfig()
@@ -526,6 +527,38 @@ class StreamEngine:
             self.upload_seconds.observe(time.perf_counter() - started)
             log.debug("uploaded %d bytes in %d objects", size, len(objects))
             return size
+
+    # ---- moves -------------------------------------------------------------------------
+
+    async def hand_over(self, stream_id: int, target: int,
+                        extra: Callable[[Txn], None]) -> bool:
+        """Move a sealed stream (`Stream.sealed`, appends settled) to `target`: upload what
+        the log cache holds of it, then in one commit name `target` its owner (compared on
+        the stream's version; `extra` adds the caller's part) and close it here. The
+        target opens it with epoch + 1. False, with the stream unsealed and serving again,
+        when the commit's compares failed."""
+        s = self.streams.get(stream_id)
+        if s is None:
+            return False
+        while self.unuploaded(stream_id)[0]:
+            if not await self._upload_some():
+                raise StreamError(f"stream {stream_id}: its tail could not be uploaded")
+        async with self._upload_lock:
+            if self.unuploaded(stream_id)[0] or self.streams.get(stream_id) is not s:
+                raise StreamError(f"stream {stream_id} changed during its move")
+            m = s.meta
+            txn = Txn(compares=[(meta_key(STREAMS, stream_id), m.version)],
+                      puts=[(meta_key(STREAMS, stream_id),
+                             encode_stream(replace(m, owner=target)))])
+            extra(txn)
+            try:
+                await self.meta.commit(txn)
+            except Fenced:
+                s.sealed = False
+                return False
+            self._drop_local(s, f"moved to broker {target}", forget_objects=False)
+            self.moved_streams += 1
+            return True
 
     # ---- takeover of another broker's WAL --------------------------------------------
 

@@ -46,6 +46,9 @@ class Stream:
         self.next_offset = next_offset
         self.confirm_offset = next_offset
         self.closed = False
+        self.sealed = False
+        """Being handed to another broker: new appends are refused (NOT_LEADER), those in
+        flight finish."""
         self._waiters: list[asyncio.Future[None]] = []
 
     @property
@@ -70,10 +73,14 @@ class Stream:
         timeout: float | None = None,
     ) -> int:
         """Append `count` offsets' worth of batches; returns the base offset once durable."""
-        if self.closed:
-            raise StreamError(f"stream {self.stream_id} is closed")
+        if self.closed or self.sealed:
+            raise StreamError(f"stream {self.stream_id} is "
+                              f"{'closed' if self.closed else 'moving to another broker'}")
         engine = self._engine
         await engine.reserve(len(payload), timeout)
+        if self.sealed:
+            engine.release(len(payload))
+            raise StreamError(f"stream {self.stream_id} is moving to another broker")
         base = self.next_offset
         try:
             # The caller's last word before the offsets are taken: it runs with no await
@@ -145,6 +152,12 @@ class Stream:
     def size_bytes(self) -> int:
         """Bytes this stream holds from its start offset on (objects and log cache)."""
         return sum(n for _, _, n in self.size_ranges())
+
+    async def settle(self, timeout: float) -> None:
+        """Wait until every append taken so far is durable (or the stream closed)."""
+        async with asyncio.timeout(timeout):
+            while self.confirm_offset < self.next_offset and not self.closed:
+                await self.wait_for_data()
 
     def wait_for_data(self) -> asyncio.Future[None]:
         """A future done at the next confirmed append (long polling)."""
