@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean conformance
+.PHONY: install run test lint bench clean conformance chaos
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,6 +21,11 @@ test: $(STAMP)
 	$(VENV)/bin/mypy
 	python3 ../shared/tools/check_layers.py src/tidelog 2>/dev/null || test ! -f ../shared/tools/check_layers.py
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# the failure tests at full length (make test runs short versions of them)
+chaos: $(STAMP)
+	scripts/install-test-tools.sh
+	TIDELOG_CHAOS_KILLS=20 $(PY) -m pytest -q -s -p no:cacheprovider tests/chaos
 
 # librdkafka's own test suite against a broker (docs/compat.md); builds its runner once
 conformance: $(STAMP)
