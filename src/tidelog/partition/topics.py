@@ -373,15 +373,15 @@ class TopicManager:
         txn = Txn()
         placed = []
         for sid, owner in zip(sids, owners, strict=True):
-            if sid in self.moves:  # a move asked for while it had no owner
-                owner = self.moves[sid]
-                txn.deletes.append(meta_key(MOVES, sid))
             entry = await self.meta.get(meta_key(STREAMS, sid))
             if entry is None:
                 continue
             m = decode_stream(entry.key, entry.value, entry.version)
             if m.owner >= 0:
                 continue
+            if sid in self.moves:  # a move asked for while it had no owner
+                owner = self.moves[sid]
+                txn.deletes.append(meta_key(MOVES, sid))
             m.owner = owner
             txn.compares.append((entry.key, entry.version))
             txn.puts.append((entry.key, encode_stream(m)))
