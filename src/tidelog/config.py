@@ -73,6 +73,8 @@ DEFAULTS: dict[str, str] = {
     "broker.session.timeout.ms": "9000",
     "broker.heartbeat.interval.ms": "2000",
     "orphan.stream.grace.ms": "300000",
+    "auto.leader.rebalance.enable": "true",
+    "leader.imbalance.check.interval.seconds": "300",
     "transactional.id.expiration.ms": "604800000",
     "log.level": "INFO",
 }

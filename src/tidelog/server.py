@@ -14,6 +14,7 @@ from tidelog.api.base import BrokerConfig, BrokerInfo, ClusterView, Context
 from tidelog.api.dispatch import Dispatcher
 from tidelog.api.txn_markers import send_markers
 from tidelog.config import Config, parse_listener
+from tidelog.controller.balancer import Balancer
 from tidelog.controller.election import ControllerElection
 from tidelog.controller.membership import BrokerRecord, Membership
 from tidelog.controller.placement import Candidate, place
@@ -86,6 +87,7 @@ class Broker:
         self.membership: Membership | None = None
         self.election: ControllerElection | None = None
         self.takeovers: Takeovers | None = None
+        self.balancer: Balancer | None = None
         self.peers: PeerClient | None = None
         self.authorizer: Authorizer | None = None
         self.node_id = 0
@@ -175,6 +177,11 @@ class Broker:
                                        restart_grace=membership.ttl)
             await self.takeovers.start()
             await self.election.start()
+            if c.get_bool("auto.leader.rebalance.enable"):
+                self.balancer = Balancer(
+                    topics, membership, lambda: election.active,
+                    interval=c.get_int("leader.imbalance.check.interval.seconds"))
+                self.balancer.start()
         self.log_manager = LogManager(self.topics, LogManagerConfig(
             retention_check_interval=c.get_int("log.retention.check.interval.ms") / 1000,
             cleaner_backoff=c.get_int("log.cleaner.backoff.ms") / 1000,
@@ -253,6 +260,15 @@ class Broker:
         live = [Candidate(r.node_id, r.rack) for r in self.membership.live.values()]
         return place(count, sorted(live, key=lambda b: b.node_id), self.topics.owned_by())
 
+    def _drain_targets(self, count: int) -> list[int]:
+        """Owners among the other live brokers for `count` partitions leaving this one."""
+        assert self.membership is not None and self.topics is not None
+        others = [Candidate(r.node_id, r.rack) for r in self.membership.live.values()
+                  if r.node_id != self.node_id]
+        if not others:
+            return []
+        return place(count, sorted(others, key=lambda b: b.node_id), self.topics.owned_by())
+
     def _cluster_view(self) -> ClusterView | None:
         membership, election = self.membership, self.election
         if membership is None or election is None:
@@ -263,6 +279,14 @@ class Broker:
             controller_id=lambda: election.controller_id)
 
     async def stop(self) -> None:
+        if self.balancer is not None:
+            await self.balancer.stop()
+        if (self.membership is not None and self.topics is not None
+                and self.engine is not None and self.engine.failed is None):
+            try:  # controlled shutdown: the others serve our partitions with no takeover
+                await self.topics.drain(self._drain_targets)
+            except Exception as exc:  # what is left is taken over after the lease
+                log.warning("handing partitions over at shutdown failed: %r", exc)
         if self.listener is not None:
             await self.listener.stop()
         if self.log_manager is not None:

@@ -1,8 +1,8 @@
 """kill -9 one broker of three again and again under an acks=all producer of numbered
 records to 12 partitions and a consumer group: a partition owner, then the controller,
 in turn. After each kill the dead broker's WAL is taken over and its partitions served by
-the others; it is started again and partitions are moved back to it (so the next kill
-hits an owner). Every acknowledged record is read back, once, in order per partition.
+the others; it is started again and the balancer moves its share back to it (so the
+next kill hits an owner). Every acknowledged record is read back, once, in order per partition.
 
 `make test` runs a few kills; `make chaos` runs 20 (`TIDELOG_CHAOS_KILLS`). The time from
 each kill to the first acknowledgement of a record produced after it, on every partition
@@ -19,13 +19,9 @@ from collections.abc import Iterator
 
 import pytest
 from confluent_kafka import Consumer
-from confluent_kafka.admin import AdminClient
-from kafka import TopicPartition as KTopicPartition
-from kafka.admin import KafkaAdminClient
 
 from tests.integration.cluster import Cluster, wait_for
 from tests.integration.test_failover import (
-    PARTITIONS,
     Load,
     controller,
     create,
@@ -81,23 +77,12 @@ class GroupMember:
         self._thread.join(60)
 
 
-def give_back(cluster: Cluster, topic: str, victim: int, kill: int) -> None:
-    """Move a third of the partitions to the restarted broker (so the next kill hits an
-    owner): partition moves under load, through kafka-python."""
+def rejoined_with_its_share(cluster: Cluster, topic: str, victim: int) -> None:
+    """The restarted broker joins and the balancer moves its share back to it (so the
+    next kill hits an owner): partition moves under load."""
     survivor = next(b.bootstrap for n, b in cluster.brokers.items() if n != victim)
-    wait_for(lambda: victim in AdminClient({"bootstrap.servers": survivor})
-             .list_topics(timeout=5).brokers, what="the broker to rejoin")
-    now = leaders(survivor, topic)
-    share = [p for p in sorted(now)[kill % 3::3][:PARTITIONS // 3] if now[p] != victim]
-    admin = KafkaAdminClient(bootstrap_servers=survivor)
-    try:
-        result = admin.alter_partition_reassignments(
-            {KTopicPartition(topic, p): [victim] for p in share})
-        assert all(e is None for e in result.values()), result
-    finally:
-        admin.close()
-    wait_for(lambda: all(leaders(survivor, topic)[p] == victim for p in share), timeout=30,
-             what="partitions moved back")
+    wait_for(lambda: list(leaders(survivor, topic).values()).count(victim) >= 2,
+             timeout=30, what=f"broker {victim} to get its share back from the balancer")
 
 
 def test_repeated_kill_9_of_owners_and_the_controller_loses_nothing(cluster: Cluster) -> None:
@@ -136,7 +121,7 @@ def test_repeated_kill_9_of_owners_and_the_controller_loses_nothing(cluster: Clu
                   f"{' (controller)' if victim == ctl else ''}, {len(led)} partitions, "
                   f"first acknowledgement on all of them after {took:.2f}s")
             cluster.brokers[victim].start(timeout=60)
-            give_back(cluster, topic, victim, kill)
+            rejoined_with_its_share(cluster, topic, victim)
         before = group.read
         wait_for(lambda: group.read > before + 1000, timeout=60,
                  what="the group to go on consuming")

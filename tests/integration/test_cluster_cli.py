@@ -176,6 +176,54 @@ def test_unknown_node(cluster: Up) -> None:
     assert done.returncode == 2 and "no broker 7" in done.stderr, out(done)
 
 
+def test_add_broker_takes_a_share_and_remove_broker_hands_it_back(cluster: Up) -> None:
+    """`add-broker` starts node 3 and the balancer moves partitions to it; `remove-broker 3`
+    stops it after it handed them over (a controlled shutdown: no takeover needed), and
+    every record is still read."""
+    from confluent_kafka import Consumer, Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from tests.integration.cluster import wait_for
+
+    def bootstrap() -> str:
+        return ",".join(f"{b['host']}:{b['port']}" for b in cluster.state()["brokers"])
+
+    def leaders() -> dict[int, int]:
+        md = AdminClient({"bootstrap.servers": bootstrap()}).list_topics("scale", timeout=10)
+        return {p.id: p.leader for p in md.topics["scale"].partitions.values()}
+
+    admin = AdminClient({"bootstrap.servers": bootstrap()})
+    admin.create_topics([NewTopic("scale", 6)])["scale"].result(30)
+    wait_for(lambda: -1 not in leaders().values(), timeout=30, what="leaders")
+    p = Producer({"bootstrap.servers": bootstrap(), "acks": "all"})
+    for i in range(600):
+        p.produce("scale", value=f"s-{i}".encode(), partition=i % 6)
+    assert p.flush(30) == 0
+
+    done = cli(cluster.directory, "add-broker")
+    assert done.returncode == 0 and "broker 3 added" in done.stdout, out(done)
+    assert [b["node_id"] for b in cluster.state()["brokers"]] == [1, 2, 3]
+    wait_for(lambda: sorted(leaders().values()).count(3) == 2, timeout=30,
+             what="broker 3 to get its share (2 of 6)")
+
+    done = cli(cluster.directory, "remove-broker", "3")
+    assert done.returncode == 0 and "broker 3 removed" in done.stdout, out(done)
+    assert [b["node_id"] for b in cluster.state()["brokers"]] == [1, 2]
+    wait_for(lambda: set(leaders().values()) == {1, 2}, timeout=30, what="its partitions")
+    log3 = (cluster.directory / "logs" / "broker-3.log").read_text()
+    assert "controlled shutdown: handing 2 partitions" in log3
+    c = Consumer({"bootstrap.servers": bootstrap(), "group.id": "scale-check",
+                  "auto.offset.reset": "earliest"})
+    c.subscribe(["scale"])
+    got: set[bytes] = set()
+    try:
+        wait_for(lambda: bool(got.update(m.value() for m in c.consume(100, 0.5)
+                                         if not m.error())) or len(got) == 600,
+                 timeout=60, what="every record")
+    finally:
+        c.close()
+
+
 def test_down_stops_everything_and_keeps_data(cluster: Up) -> None:
     pids = [b["pid"] for b in cluster.state()["brokers"]]
     done = cli(cluster.directory, "down")

@@ -45,7 +45,7 @@ from tidelog.partition.topic_config import (
 )
 from tidelog.stream.engine import STREAMS, StreamEngine, decode_stream, encode_stream
 from tidelog.stream.objects import meta_key
-from tidelog.stream.stream import Stream, StreamMeta
+from tidelog.stream.stream import Stream, StreamError, StreamMeta
 
 log = logging.getLogger(__name__)
 TOPICS = "/topics/"
@@ -419,7 +419,36 @@ class TopicManager:
                                  f"no reassignment of {name}-{index} is in progress")
             await self.meta.delete(key)
             return
-        await self.meta.put(key, json.dumps({"target": target}).encode())
+        await self.request_stream_move(topic.streams[index], target)
+
+    async def request_stream_move(self, sid: int, target: int) -> None:
+        await self.meta.put(meta_key(MOVES, sid), json.dumps({"target": target}).encode())
+
+    def topic_of(self, sid: int) -> str:
+        where = self._of_stream.get(sid)
+        return where[0] if where else ""
+
+    def named(self, sid: int) -> bool:
+        """A topic names the stream (it is a partition, not an orphan)."""
+        return sid in self._of_stream
+
+    async def drain(self, targets: Callable[[int], list[int]], timeout: float = 30.0) -> int:
+        """Controlled shutdown: hand every partition owned here to the other live brokers
+        (`targets(n)`: owners for n partitions), so none waits for a takeover. Returns the
+        partitions handed over."""
+        sids = sorted(sid for sid in self.engine.streams if sid in self._of_stream)
+        if not sids:
+            return 0
+        owners = targets(len(sids))
+        if not owners:
+            return 0
+        log.info("controlled shutdown: handing %d partitions to brokers %s", len(sids),
+                 sorted(set(owners)))
+        jobs = [self._move_out(sid, target, None, 0)
+                for sid, target in zip(sids, owners, strict=True) if sid not in self._moving]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*jobs), timeout)
+        return len(sids) - sum(1 for sid in sids if sid in self.engine.streams)
 
     async def _on_move(self, event: WatchEvent) -> None:
         sid = int(event.key[len(MOVES):])
@@ -435,7 +464,7 @@ class TopicManager:
             self._moving[sid] = asyncio.get_running_loop().create_task(
                 self._move_out(sid, target, event.key, event.version), name=f"move-{sid}")
 
-    async def _move_out(self, sid: int, target: int, key: str, version: int) -> None:
+    async def _move_out(self, sid: int, target: int, key: str | None, version: int) -> None:
         """Hand a partition owned here to `target`: refuse new appends, let those in
         flight finish, snapshot its producer state, upload its tail, and in one commit
         name the target its owner and clear the move (compared on the move too, so a
@@ -448,19 +477,26 @@ class TopicManager:
             if s is None or where is None or topic is None:
                 return
             if target == self.engine.node_id:
-                with contextlib.suppress(Fenced):
-                    await self.meta.commit(Txn(compares=[(key, version)], deletes=[key]))
+                if key is not None:
+                    with contextlib.suppress(Fenced):
+                        await self.meta.commit(Txn(compares=[(key, version)], deletes=[key]))
                 return
             p = topic.owned.get(where[1])
             s.sealed = True
             try:
-                await s.settle(timeout=30)
+                try:
+                    await s.settle(timeout=30)
+                except TimeoutError:
+                    raise StreamError(
+                        f"stream {sid}: appends in flight did not finish (durable up to "
+                        f"{s.confirm_offset}, taken up to {s.next_offset})") from None
                 if p is not None:
                     await p.snapshot_producers()
 
                 def clear(txn: Txn) -> None:
-                    txn.compares.append((key, version))
-                    txn.deletes.append(key)
+                    if key is not None:  # None: a controlled shutdown's, with no request
+                        txn.compares.append((key, version))
+                        txn.deletes.append(key)
 
                 moved = await self.engine.hand_over(sid, target, clear)
             except BaseException:

@@ -60,7 +60,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     common.add_argument("--dir", default="./cluster",
                         help="where the cluster lives (state in DIR/cluster.json)")
     cluster = sub.add_parser("cluster", help="a local multi-broker cluster: up, status, kill, "
-                             "start, down")
+                             "start, add-broker, remove-broker, down")
     actions = cluster.add_subparsers(dest="cluster_command", required=True)
     up = actions.add_parser("up", parents=[common], help="start PostgreSQL, (S3) and brokers")
     # defaults are applied in _spec: None tells a flag not given from one given as default
@@ -83,6 +83,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     for name, text in (("kill", "SIGKILL one broker"), ("start", "start one broker again")):
         action = actions.add_parser(name, parents=[common], help=text)
         action.add_argument("node", type=int, metavar="NODE", help="its node id")
+    actions.add_parser("add-broker", parents=[common],
+                       help="start one more broker (the next node id): the balancer gives it "
+                            "a share of the partitions")
+    remove = actions.add_parser("remove-broker", parents=[common],
+                                help="stop a broker for good: it hands its partitions to "
+                                     "the others first")
+    remove.add_argument("node", type=int, metavar="NODE", help="its node id")
     actions.add_parser("down", parents=[common],
                        help="stop brokers, S3 and PostgreSQL; keep data and logs")
 
@@ -102,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
                 return kill(directory, args.node)
             if command == "start":
                 return start(directory, args.node)
+            if command == "add-broker":
+                return add_broker(directory)
+            if command == "remove-broker":
+                return remove_broker(directory, args.node)
             return down(directory)
     except (ClusterError, ClusterStateError, local_postgres.LocalPostgresError) as exc:
         print(f"tidelog cluster: {exc}", file=sys.stderr)
@@ -229,7 +240,9 @@ def _bring_up(directory: Path, spec: Spec, recorded: ClusterState | None,
         wal_uri=_store_uri(spec.wal, directory, "wal", moto),
         objectstore_uri=_store_uri(spec.objects, directory, "objects", moto),
         moto=moto, brokers=[])
-    for node in range(1, spec.brokers + 1):
+    nodes = ([b.node_id for b in recorded.brokers] if recorded is not None
+             else list(range(1, spec.brokers + 1)))  # add-broker/remove-broker change them
+    for node in nodes:
         old = recorded.broker(node) if recorded is not None else None
         if old is not None:  # the same ports as before: clients know them
             port, metrics_port = old.port, old.metrics_port
@@ -431,6 +444,50 @@ def start(directory: Path, node: int) -> int:
     _launch(entry, lambda: record.save(directory, state))
     record.save(directory, state)
     print(f"broker {node} running on {entry.host}:{entry.port} (pid {entry.pid})")
+    return 0
+
+
+def add_broker(directory: Path) -> int:
+    state = _recorded(directory)
+    if state is None:
+        return 2
+    if state.state != RUNNING:
+        raise ClusterError(f"the cluster in {directory} is stopped: "
+                           f"`tidelog cluster up --dir {directory}` starts it")
+    spec = state.spec
+    node = max((b.node_id for b in state.brokers), default=0) + 1
+    port = spec.base_port + node - 1 if spec.base_port else procs.free_port()
+    metrics_port = (spec.metrics_base_port + node - 1 if spec.metrics_base_port
+                    else procs.free_port())
+    entry = _entry(directory, state, node, port, metrics_port)
+    state.brokers.append(entry)
+    spec.brokers = len(state.brokers)
+    _launch(entry, lambda: record.save(directory, state))
+    record.save(directory, state)
+    print(f"broker {node} added on {entry.host}:{entry.port} (pid {entry.pid}); the "
+          "controller moves a share of the partitions to it")
+    return 0
+
+
+def remove_broker(directory: Path, node: int) -> int:
+    found = _broker(directory, node)
+    if isinstance(found, int):
+        return found
+    state, entry = found
+    if len(state.brokers) == 1:
+        raise ClusterError(f"broker {node} is the last one: `tidelog cluster down` stops it")
+    # a SIGTERM is a controlled shutdown: the broker hands its partitions over first
+    if procs.signal_group(entry.pid, entry.argv, signal.SIGTERM) \
+            and not procs.wait_gone(entry.pid, entry.argv, STOP_TIMEOUT):
+        print(f"broker {node} ignored SIGTERM for {STOP_TIMEOUT:.0f} s: SIGKILL (its "
+              "partitions are taken over from its WAL)")
+        procs.signal_group(entry.pid, entry.argv, signal.SIGKILL)
+        procs.wait_gone(entry.pid, entry.argv, 10.0)
+    state.brokers = [b for b in state.brokers if b.node_id != node]
+    state.spec.brokers = len(state.brokers)
+    record.save(directory, state)
+    print(f"broker {node} removed: its partitions are on brokers "
+          f"{', '.join(str(b.node_id) for b in state.brokers)}")
     return 0
 
 
