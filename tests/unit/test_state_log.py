@@ -170,3 +170,22 @@ async def test_many_writes_race_many_compactions(tmp_path: Path, store: ObjectSt
     log2 = await node.start()
     assert await log2.load() == want
     await node.stop(flush=True)
+
+
+async def test_a_partition_loaded_twice_at_once_is_restored_once(tmp_path: Path,
+                                                                  store: ObjectStore) -> None:
+    """Two opens of one partition racing (a watch event and the open that caused it): the
+    second replay returns nothing, so the coordinator does not restore its groups again
+    over the copies members have requests parked on."""
+    from tidelog.coordinator.state_log import StateLogs
+
+    node = Node(tmp_path, store)
+    log = await node.start()
+    await log.load()
+    await log.write([(b"g/x", b"1")])
+    assert node.topics is not None
+    logs = StateLogs(node.topics)
+    first, second = await asyncio.gather(logs.load_partition(0), logs.load_partition(0))
+    assert sorted([first, second], key=len) == [{}, {b"g/x": b"1"}]
+    assert list(logs.logs) == [0]
+    await node.stop(flush=False)

@@ -544,6 +544,8 @@ class ClassicGroups:
             if not key.startswith(KEY_PREFIX):
                 continue
             group_id = key[len(KEY_PREFIX):].decode(errors="replace")
+            if group_id in self._groups:
+                continue  # live here already: its members may have requests parked on it
             try:
                 self._groups[group_id] = decode_group(group_id, value, now)
             except (ValueError, KeyError, TypeError) as exc:

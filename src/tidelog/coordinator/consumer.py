@@ -130,6 +130,8 @@ class ConsumerGroups:
             if not key.startswith(PREFIX):
                 continue
             group_id = key[len(PREFIX):].decode()
+            if group_id in self.groups:
+                continue  # live here already
             try:
                 self.groups[group_id] = decode(group_id, value, now)
             except (ValueError, KeyError, TypeError) as exc:

@@ -192,6 +192,7 @@ class StateLogs:
         self._key_of = key_of
         self._options = log_options
         self.logs: dict[int, StateLog] = {}
+        self._loading: set[int] = set()
         self._creating: asyncio.Task[Topic] | None = None
 
     @property
@@ -227,12 +228,18 @@ class StateLogs:
         return await asyncio.shield(self._creating)
 
     async def load_partition(self, index: int) -> dict[bytes, bytes]:
-        """Replay one partition (at start, or when it is opened here later)."""
-        if index in self.logs:
+        """Replay one partition (at start, or when it is opened here later). Once: a second
+        call while the first replays gets nothing to restore (restoring the same groups
+        twice would orphan the requests parked on the first copy)."""
+        if index in self.logs or index in self._loading:
             return {}
-        one = StateLog(self._topics, topic=self.topic, index=index,
-                       **self._options)  # type: ignore[arg-type]
-        state = await one.load()
+        self._loading.add(index)
+        try:
+            one = StateLog(self._topics, topic=self.topic, index=index,
+                           **self._options)  # type: ignore[arg-type]
+            state = await one.load()
+        finally:
+            self._loading.discard(index)
         self.logs[index] = one
         return state
 
