@@ -568,8 +568,9 @@ class StreamEngine:
         higher epoch, which fenced its writer) that `metas`' streams have not in objects
         yet straight into objects, and commit them with each stream's new end and owner
         -1 (unplaced: the controller places it), compared on each stream's version;
-        `extra(txn, last)` adds the caller's part to every commit. The scan and the object
-        building run in a thread; nothing goes through this broker's log cache.
+        `extra(txn, last)` adds the caller's part to every commit. The WAL scan runs in a
+        thread and the objects are built as the uploader builds them; nothing goes through
+        this broker's log cache.
 
         Returns (records, bytes) saved. Raises `Fenced` when a stream or the caller's
         compares changed (another taker, or the owner back): nothing of that commit is
