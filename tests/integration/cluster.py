@@ -72,3 +72,32 @@ def wait_for(check: Callable[[], bool], timeout: float = 20.0, what: str = "cond
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def acknowledges(port: int, topic: str, partition: int) -> bool:
+    """Whether the broker on `port` itself acknowledges one produce to the partition:
+    straight to it, as no real client would once it learned of a new leader. A refused
+    connection, a closed one or an error code is no acknowledgement."""
+    import datetime
+
+    from kio.schema.errors import ErrorCode
+    from kio.schema.produce.v9 import request as produce_req
+
+    from tests.integration.rawclient import RawClient
+    from tidelog.protocol.records import build_batch
+
+    try:
+        raw = RawClient("127.0.0.1", port)
+    except OSError:
+        return False
+    try:
+        resp = raw.request(produce_req.ProduceRequest(
+            transactional_id=None, acks=-1, timeout=datetime.timedelta(seconds=5),
+            topic_data=(produce_req.TopicProduceData(name=topic, partition_data=(
+                produce_req.PartitionProduceData(
+                    index=partition, records=build_batch([(b"k", b"probe")])),)),)))
+    except (OSError, EOFError, ConnectionError):
+        return False
+    finally:
+        raw.close()
+    return bool(resp.responses[0].partition_responses[0].error_code == ErrorCode.none)

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from kio.schema.errors import ErrorCode
 
-from tidelog.api.acl_model import Operation, ResourceType
+from tidelog.api.acl_model import CLUSTER_NAME, Operation, ResourceType
 from tidelog.api.base import NONE, Api, Context, error, make, response_module
 from tidelog.partition.leader_epochs import end_offset_for_epoch
 from tidelog.partition.partition import Partition, PartitionError
@@ -252,7 +252,7 @@ async def handle_elect_leaders(ctx: Context, header: RequestHeader, req: Any) ->
 async def handle_alter_partition_reassignments(ctx: Context, header: RequestHeader,
                                                req: Any) -> Any:
     mod = response_module(ALTER_PARTITION_REASSIGNMENTS, header.api_version)
-    if not ctx.allowed(header, Operation.ALTER, ResourceType.CLUSTER, "kafka-cluster"):
+    if not ctx.allowed(header, Operation.ALTER, ResourceType.CLUSTER, CLUSTER_NAME):
         return make(mod.AlterPartitionReassignmentsResponse, throttle_time=timedelta(0),
                     error_code=error("cluster_authorization_failed"),
                     error_message="ALTER on the cluster is not allowed", responses=())
@@ -301,7 +301,7 @@ async def handle_alter_partition_reassignments(ctx: Context, header: RequestHead
 async def handle_list_partition_reassignments(ctx: Context, header: RequestHeader,
                                               req: Any) -> Any:
     mod = response_module(LIST_PARTITION_REASSIGNMENTS, header.api_version)
-    if not ctx.allowed(header, Operation.DESCRIBE, ResourceType.CLUSTER, "kafka-cluster"):
+    if not ctx.allowed(header, Operation.DESCRIBE, ResourceType.CLUSTER, CLUSTER_NAME):
         return make(mod.ListPartitionReassignmentsResponse, throttle_time=timedelta(0),
                     error_code=error("cluster_authorization_failed"),
                     error_message="DESCRIBE on the cluster is not allowed", topics=())

@@ -335,11 +335,7 @@ class TopicManager:
         if topic is None or where is None or topic.owned.pop(where[1], None) is None:
             return
         log.info("%s-%d is no longer served here (%s)", topic.name, where[1], why)
-        for listener in self.close_listeners:
-            try:
-                await listener(topic.name, where[1])
-            except Exception:
-                log.exception("unloading %s-%d after its close failed", topic.name, where[1])
+        await self._closed(topic.name, where[1])
 
     # ---- cluster mode: placement, on the controller --------------------------------------
 
@@ -460,9 +456,13 @@ class TopicManager:
         owner = self.streams.get(sid, (-1, 0))[0]
         if owner < 0:
             self.place_unplaced()  # placement honours the move
-        elif sid in self.engine.streams and sid not in self._moving:
+        elif sid in self.engine.streams:
+            self._start_move(sid, target, event.key, event.version)
+
+    def _start_move(self, sid: int, target: int, key: str, version: int) -> None:
+        if sid not in self._moving:
             self._moving[sid] = asyncio.get_running_loop().create_task(
-                self._move_out(sid, target, event.key, event.version), name=f"move-{sid}")
+                self._move_out(sid, target, key, version), name=f"move-{sid}")
 
     async def _move_out(self, sid: int, target: int, key: str | None, version: int) -> None:
         """Hand a partition owned here to `target`: refuse new appends, let those in
@@ -511,12 +511,7 @@ class TopicManager:
             self.last_move_seconds = took
             log.info("moved %s-%d to broker %d in %.3fs", topic.name, where[1], target, took)
             if topic.owned.pop(where[1], None) is not None:
-                for listener in self.close_listeners:
-                    try:
-                        await listener(topic.name, where[1])
-                    except Exception:
-                        log.exception("unloading %s-%d after its move failed", topic.name,
-                                      where[1])
+                await self._closed(topic.name, where[1])
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -624,8 +619,14 @@ class TopicManager:
             key = meta_key(MOVES, sid)
             entry = await self.meta.get(key)
             if entry is not None:
-                self._moving[sid] = asyncio.get_running_loop().create_task(
-                    self._move_out(sid, target, key, entry.version), name=f"move-{sid}")
+                self._start_move(sid, target, key, entry.version)
+
+    async def _closed(self, name: str, index: int) -> None:
+        for listener in self.close_listeners:
+            try:
+                await listener(name, index)
+            except Exception:
+                log.exception("unloading %s-%d after its close failed", name, index)
 
     async def _opened(self, name: str, index: int) -> None:
         for listener in self.open_listeners:

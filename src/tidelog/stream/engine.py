@@ -486,31 +486,23 @@ class StreamEngine:
             for e in entries:
                 if e.stream_id in self.streams:
                     by_stream.setdefault(e.stream_id, []).append(e)
-            objects = await self._build_objects(by_stream)
-            try:
-                for key, builder in objects:
-                    await self.store.put(key, builder.finish())
-                txn = Txn()
-                for key, builder in objects:
-                    self.catalog.reference(txn, key, builder)
-                metas = []
+            metas: list[tuple[StreamMeta, int]] = []
+
+            def ends(txn: Txn) -> None:
                 for sid, es in by_stream.items():
                     m = self.streams[sid].meta
                     new = replace(m, end_offset=es[-1].last_offset + 1)
                     txn.compares.append((meta_key(STREAMS, sid), m.version))
                     txn.puts.append((meta_key(STREAMS, sid), encode_stream(new)))
                     metas.append((m, new.end_offset))
-                rev = await self.meta.commit(txn)
+
+            try:
+                rev, objects = await self._commit_objects(by_stream, ends)
             except Fenced as exc:
-                self.catalog.abandon(k for k, _ in objects)  # their intents collect them
                 await self._fenced(exc)
-                raise
-            except BaseException:
-                self.catalog.abandon(k for k, _ in objects)  # their intents collect them
                 raise
             for m, end in metas:
                 m.end_offset, m.version = end, rev
-            self.catalog.referenced(rev, objects)
             size = 0
             for key, builder in objects:
                 for i, b in enumerate(builder.index):
@@ -583,13 +575,9 @@ class StreamEngine:
         for i in range(0, max(len(order), 1), chunk):
             part = order[i:i + chunk]
             by_stream = {sid: tail[sid] for sid in part if sid in tail}
-            objects = await self._build_objects(by_stream)
-            try:
-                for key, builder in objects:
-                    await self.store.put(key, builder.finish())
-                txn = Txn()
-                for key, builder in objects:
-                    self.catalog.reference(txn, key, builder)
+
+            def released(txn: Txn, part: list[int] = part, last: bool = i + chunk >= len(order),
+                         by_stream: dict[int, list[CacheEntry]] = by_stream) -> None:
                 for sid in part:
                     m = by_id[sid]
                     es = by_stream.get(sid)
@@ -597,12 +585,9 @@ class StreamEngine:
                     txn.compares.append((meta_key(STREAMS, sid), m.version))
                     txn.puts.append((meta_key(STREAMS, sid), encode_stream(
                         replace(m, end_offset=end, owner=-1))))
-                extra(txn, i + chunk >= len(order))
-                rev = await self.meta.commit(txn)
-            except BaseException:
-                self.catalog.abandon(k for k, _ in objects)  # their intents collect them
-                raise
-            self.catalog.referenced(rev, objects)
+                extra(txn, last)
+
+            _rev, objects = await self._commit_objects(by_stream, released)
             saved_records += sum(len(es) for es in by_stream.values())
             saved_bytes += sum(b.size for _k, b in objects)
         return saved_records, saved_bytes
@@ -647,6 +632,28 @@ class StreamEngine:
             self.fenced_streams += 1
             where = "deleted" if now is None else f"epoch {now.epoch} on {now.owner}"
             self._drop_local(s, f"fenced ({where})", forget_objects=now is None)
+
+    async def _commit_objects(
+        self, by_stream: dict[int, list[CacheEntry]], add: Callable[[Txn], None]
+    ) -> tuple[int, list[tuple[str, ObjectBuilder]]]:
+        """Build and PUT the objects holding `by_stream`, then commit them referenced,
+        with what `add` puts in the same transaction (the streams' records); returns the
+        revision and the objects, indexed here. On any failure nothing is visible and the
+        objects are abandoned (their intents collect them)."""
+        objects = await self._build_objects(by_stream)
+        try:
+            for key, builder in objects:
+                await self.store.put(key, builder.finish())
+            txn = Txn()
+            for key, builder in objects:
+                self.catalog.reference(txn, key, builder)
+            add(txn)
+            rev = await self.meta.commit(txn)
+        except BaseException:
+            self.catalog.abandon(k for k, _ in objects)
+            raise
+        self.catalog.referenced(rev, objects)
+        return rev, objects
 
     async def _build_objects(
         self, by_stream: dict[int, list[CacheEntry]]
