@@ -32,6 +32,7 @@ DEFAULTS: dict[str, str] = {
     "object.compaction.small.bytes": str(16 << 20),
     "object.compaction.min.objects": "8",
     "object.compaction.max.input.bytes": str(256 << 20),
+    "object.orphan.audit.interval.ms": "3600000",
     "append.timeout.ms": "30000",
     "auto.create.topics.enable": "true",
     "allow.everyone.if.no.acl.found": "true",

@@ -134,6 +134,7 @@ class Broker:
             append_timeout=c.get_int("append.timeout.ms") / 1000,
             gc_grace=c.get_int("log.segment.delete.delay.ms") / 1000,
             gc_interval=c.get_int("upload.interval.ms") / 1000,
+            orphan_audit_interval=c.get_int("object.orphan.audit.interval.ms") / 1000,
             compaction_interval=c.get_int("object.compaction.interval.ms") / 1000,
             compaction=CompactionConfig(
                 small_bytes=c.get_int("object.compaction.small.bytes"),

@@ -321,7 +321,8 @@ def test_a_partition_moves_in_seconds_through_kafka_python_and_the_cli(
          str(owner), "--wait", "30", "--bootstrap-server", cluster.brokers[target].bootstrap],
         capture_output=True, text=True, timeout=60)
     assert cli.returncode == 0, cli.stderr
-    assert leaders(boot, topic)[0] == owner
+    # done on the owners; a broker answering metadata follows within its watch's lag
+    wait_for(lambda: leaders(boot, topic)[0] == owner, timeout=10, what="metadata to follow")
     wrong = subprocess.run(
         [sys.executable, "-m", "tidelog.cli", "partitions", "move", f"{topic}:0", "--to",
          "77", "--bootstrap-server", boot], capture_output=True, text=True, timeout=60)

@@ -17,7 +17,7 @@ from tidelog.objectstore.uri import open_object_store
 from tidelog.partition.partition import Partition, describe
 from tidelog.stream.engine import EngineConfig, StreamEngine
 from tidelog.stream.object_compaction import CompactionConfig, compact_objects
-from tidelog.stream.objects import GARBAGE, OBJECTS
+from tidelog.stream.objects import GARBAGE, OBJECTS, object_key
 from tidelog.stream.wal.file_wal import FileWAL
 
 
@@ -228,4 +228,31 @@ async def test_object_referenced_while_garbage_is_deleted_is_kept(
     assert await engine.catalog.delete_expired() == 10
     await no_dangling_reference(engine, store)
     assert len(await read_all(p)) == 11
+    await stop(engine, flush=True)
+
+
+async def test_objects_no_record_names_are_deleted_after_the_grace_period(
+        tmp_path: Path, store: ObjectStore) -> None:
+    """The audit: an object in the store that neither a live nor a garbage record names
+    (a PUT that landed after a collector gave up on its intent) is deleted once it stayed
+    unnamed past the grace period, and counted; named objects and keys that are not
+    objects (a WAL sharing the bucket) stay."""
+    clock = [0.0]
+    engine = await start(tmp_path, store, 1, clock, orphan_audit_interval=1)
+    p = await ten_uploads(engine)
+    before = digest(await read_all(p))
+    orphan = object_key(999_999, "ss")
+    await store.put(orphan, b"written after its intent was collected")
+    await store.put("wal-1/00000000000000000001.wal", b"not an object")
+    await engine._collect_garbage()  # first seen: kept for the grace period
+    assert orphan in await store.list() and engine.catalog.orphans_deleted == 0
+    clock[0] = 11
+    engine._next_audit = 0.0
+    await engine._collect_garbage()
+    listed = await store.list()
+    assert orphan not in listed and "wal-1/00000000000000000001.wal" in listed
+    assert engine.catalog.orphans_deleted == 1
+    await no_dangling_reference(engine, store)
+    assert len(engine.catalog.objects) == 10
+    assert digest(await read_all(p)) == before
     await stop(engine, flush=True)

@@ -70,6 +70,9 @@ def engine(e: StreamEngine) -> Iterator[Metric]:
                   e.objects_compacted)
     yield counter("tidelog_objects_deleted", "Objects deleted from the object store",
                   e.catalog.deleted)
+    yield counter("tidelog_orphan_objects_deleted", "Objects found in the object store "
+                  "with no metadata record past the grace period, and deleted",
+                  e.catalog.orphans_deleted)
     objects = dict(e.catalog.objects)
     blocks = dict(e.index.objects)
     yield gauge("tidelog_objectstore_objects", "Objects referenced by metadata", len(objects))

@@ -162,6 +162,8 @@ class TopicManager:
         self.orphan_streams_deleted = 0
         self.moves: dict[int, int] = {}
         """Cluster: stream id -> target broker of each requested move."""
+        self._moves_seen = 0
+        """The newest revision of `/moves/` the watch has delivered."""
         self._moving: dict[int, asyncio.Task[None]] = {}
         self.moves_done = 0
         self.last_move_seconds = 0.0
@@ -418,7 +420,9 @@ class TopicManager:
         await self.request_stream_move(topic.streams[index], target)
 
     async def request_stream_move(self, sid: int, target: int) -> None:
-        await self.meta.put(meta_key(MOVES, sid), json.dumps({"target": target}).encode())
+        rev = await self.meta.put(meta_key(MOVES, sid), json.dumps({"target": target}).encode())
+        if rev > self._moves_seen:  # listed here at once, not when the watch brings it
+            self.moves[sid] = target  # (ListPartitionReassignments right after: ongoing)
 
     def topic_of(self, sid: int) -> str:
         where = self._of_stream.get(sid)
@@ -448,6 +452,7 @@ class TopicManager:
 
     async def _on_move(self, event: WatchEvent) -> None:
         sid = int(event.key[len(MOVES):])
+        self._moves_seen = max(self._moves_seen, event.version)
         if event.value is None:
             self.moves.pop(sid, None)
             return

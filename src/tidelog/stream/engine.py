@@ -81,6 +81,9 @@ class EngineConfig:
     compaction: CompactionConfig = field(default_factory=CompactionConfig)
     gc_interval: float = 30.0
     """Cluster mode: seconds between garbage rounds (each lists objects and streams)."""
+    orphan_audit_interval: float = 3600.0
+    """Seconds between audits of the whole object store for objects no record names
+    (0: never); one LIST request per 1,000 objects."""
 
 
 def decode_stream(key: str, value: bytes, version: int) -> StreamMeta:
@@ -140,6 +143,7 @@ class StreamEngine:
         self._compactor: asyncio.Task[None] | None = None
         self._follower: asyncio.Task[None] | None = None
         self._next_gc = 0.0
+        self._next_audit = 0.0
         self._upload_lock = asyncio.Lock()
         self._failed: str | None = None
         self._inflight = 0  # bytes reserved by appends the WAL has not completed yet
@@ -768,6 +772,9 @@ class StreamEngine:
                 starts = {sid: s.meta.start_offset for sid, s in self.streams.items()}
                 await self.catalog.unlink_unreferenced(starts)
         await self.catalog.delete_expired()  # slow DELETEs: uploads go on meanwhile
+        if self.config.orphan_audit_interval > 0 and self._clock() >= self._next_audit:
+            self._next_audit = self._clock() + self.config.orphan_audit_interval
+            await self.catalog.delete_orphans()
 
     async def _follow_objects(self, revision: int) -> None:
         """Keep the object index current with other brokers' uploads and the controller's

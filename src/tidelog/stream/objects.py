@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 
 OBJECTS = "/objects/"
 GARBAGE = "/garbage/"
+
+_OBJECT_KEY = re.compile(r"(?:.*/)?[0-9a-f]{4}/(?:ss|s)/\d{20}\.obj")
+"""The keys `object_key` makes (after any prefix the store shares with a WAL)."""
 
 
 def meta_key(prefix: str, n: int) -> str:
@@ -86,6 +90,9 @@ class ObjectCatalog:
         self._intents: dict[str, int] = {}
         """Metadata version of each intent this broker wrote and has not committed."""
         self.deleted = 0
+        self.orphans_deleted = 0
+        self._unnamed: dict[str, float] = {}
+        """Objects the last audit found in the store with no record, and when first seen."""
 
     @property
     def stored_bytes(self) -> int:
@@ -274,6 +281,34 @@ class ObjectCatalog:
         if deleted:
             log.info("deleted %d garbage objects past their grace period", deleted)
         self.deleted += deleted
+        return deleted
+
+    async def delete_orphans(self) -> int:
+        """Audit the store against metadata: delete objects no record names (neither live
+        nor garbage) that stayed so for the grace period. Intents make this rare (a crash
+        between PUT and commit leaves a garbage record); what is left is a PUT that landed
+        after a collector had given up on its intent, and objects written by hand. Returns
+        how many were deleted (`tidelog_orphan_objects_deleted_total`).
+
+        The store is listed before metadata: every object's record is written before its
+        PUT, so a listed object without a record was either never recorded or deleted by
+        a collector (bytes first) between the two listings, which the next audit tells
+        apart (a collected object is gone from the store by then)."""
+        listed = {k for k in await self.store.list() if _OBJECT_KEY.fullmatch(k)}
+        named = {json.loads(e.value)["key"]
+                 for prefix in (OBJECTS, GARBAGE) for e in await self.meta.list_all(prefix)}
+        now = self._clock()
+        self._unnamed = {k: self._unnamed.get(k, now) for k in listed - named}
+        deleted = 0
+        for key, since in sorted(self._unnamed.items()):
+            if now - since < self.grace:
+                continue
+            log.warning("deleting object %s: in the store since %.0fs with no metadata "
+                        "record (an orphan)", key, now - since)
+            await self.store.delete(key)
+            del self._unnamed[key]
+            deleted += 1
+        self.orphans_deleted += deleted
         return deleted
 
 
