@@ -25,7 +25,7 @@ test: $(STAMP)
 # the failure tests at full length (make test runs short versions of them)
 chaos: $(STAMP)
 	scripts/install-test-tools.sh
-	TIDELOG_CHAOS_KILLS=20 $(PY) -m pytest -q -s -p no:cacheprovider tests/chaos
+	TIDELOG_CHAOS_KILLS=20 TIDELOG_CHAOS_MOVE_MB=1024 $(PY) -m pytest -q -s -p no:cacheprovider tests/chaos
 
 # librdkafka's own test suite against a broker (docs/compat.md); builds its runner once
 conformance: $(STAMP)

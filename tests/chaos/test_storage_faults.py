@@ -26,6 +26,7 @@ import pytest
 from tests.integration.cluster import Cluster, wait_for
 from tests.integration.fault_proxies import S3FaultProxy, TcpStallProxy
 from tests.integration.test_failover import Load, controller, create, kill_under_load, verify
+from tidelog.controller.takeover import WalOwner, wal_key
 from tidelog.metadata.uri import open_metadata
 from tidelog.stream.objects import GARBAGE, OBJECTS
 from tidelog.tools.local_postgres import LocalPostgres
@@ -97,6 +98,18 @@ class FaultyCluster(Cluster):
         parts = urlsplit(self.dsn)
         return urlunsplit(parts._replace(
             netloc=parts.netloc.rsplit(":", 1)[0] + f":{self.pg.upstream_port}"))
+
+    def wal(self, node: int) -> WalOwner:
+        async def get() -> WalOwner:
+            store = open_metadata(self.direct_dsn)
+            try:
+                entry = await store.get(wal_key(node))
+                assert entry is not None
+                return WalOwner.decode(node, entry.value, entry.version)
+            finally:
+                await store.close()
+
+        return asyncio.run(get())
 
     def orphans(self) -> set[str]:
         """Objects in the bucket that no record names: listed before the records, as the
@@ -235,6 +248,54 @@ def test_a_broker_killed_between_an_object_put_and_its_commit_leaves_no_orphan(
     assert cluster.metric("tidelog_orphan_objects_deleted_total") == 0  # intents did it
     print(f"\nbroker {victim} killed after its PUT of {landed[0]}: the object was "
           "deleted as garbage, nothing acknowledged lost")
+
+
+def test_a_taker_killed_during_the_takeover_is_replaced_and_the_wal_replayed_once(
+        cluster: FaultyCluster) -> None:
+    """kill -9 a broker; its taker is killed too while its takeover's PUT is in flight (S3
+    made 4 s slow). The controller gives both WALs to the broker left; the first WAL is
+    replayed once (no acknowledged record twice or missing), both end taken over."""
+    boot = cluster.bootstrap
+    topic = "taker-killed"
+    create(boot, topic)
+    boss = controller(boot)
+    victim = next(n for n in sorted(cluster.brokers) if n != boss)
+    marks = {n: len(b.log()) for n, b in cluster.brokers.items()}  # this test's log lines
+    load = Load(boot, topic)
+    try:
+        wait_for(lambda: len(load.acked) > 2000, timeout=60, what="load before the kill")
+        for proxy in cluster.proxies.values():
+            proxy.latency = 4.0
+        cluster.brokers[victim].kill()
+        wait_for(lambda: cluster.wal(victim).pending, timeout=30, what="a taker assigned")
+        taker = cluster.wal(victim).taker
+        assert taker is not None
+        tb = cluster.brokers[taker]
+        line = f"taking over broker {victim}'s WAL"
+        wait_for(lambda: line in tb.log()[marks[taker]:], timeout=30,
+                 what="the takeover to start")
+        proxy = cluster.proxies[taker]
+        wait_for(lambda: proxy.puts_started > proxy.puts_answered, timeout=30,
+                 what="a PUT of the taker in flight")
+        assert cluster.wal(victim).pending, "the takeover ended before the kill"
+        tb.kill()
+        cluster.heal()
+        last = next(n for n in cluster.brokers if n not in (victim, taker))
+        wait_for(lambda: all(cluster.wal(n).done for n in (victim, taker)), timeout=60,
+                 what="both WALs taken over")
+        assert cluster.wal(victim).taker == last and cluster.wal(taker).taker == last
+        seen = len(load.acked)
+        wait_for(lambda: len(load.acked) > seen + 2000, timeout=90, what="load after")
+        for node in (victim, taker):
+            cluster.brokers[node].start()
+    finally:
+        load.stop()
+    verify(load, boot, topic)
+    done = f"took over broker {victim}'s WAL in"
+    assert cluster.brokers[last].log()[marks[last]:].count(done) == 1
+    assert done not in tb.log()[marks[taker]:]
+    print(f"\nbroker {victim} killed, its taker {taker} killed during the takeover: "
+          f"broker {last} took over both WALs, nothing acknowledged lost or read twice")
 
 
 def test_postgres_unreachable_for_10s_loses_nothing(cluster: FaultyCluster) -> None:

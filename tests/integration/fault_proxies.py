@@ -27,7 +27,8 @@ class S3FaultProxy:
     """An HTTP reverse proxy to `upstream` (moto's endpoint). Settings take effect on the
     next request: `fail_rate` (share of requests of `fail_methods` answered 503 SlowDown),
     `latency` (seconds added before forwarding), `after_put` (called with the path once a
-    PUT was stored upstream, before the answer is sent)."""
+    PUT was stored upstream, before the answer is sent). `puts_started - puts_answered`
+    is the number of PUTs in flight."""
 
     def __init__(self, upstream: str, seed: int = 7) -> None:
         parts = urlsplit(upstream)
@@ -38,6 +39,8 @@ class S3FaultProxy:
         self.after_put: Callable[[str], None] | None = None
         self.requests = 0
         self.failed = 0
+        self.puts_started = 0
+        self.puts_answered = 0
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -77,6 +80,7 @@ class S3FaultProxy:
         body = _read_body(h)
         with self._lock:
             self.requests += 1
+            self.puts_started += h.command == "PUT"
             fail = h.command in self.fail_methods and self._random.random() < self.fail_rate
             if fail:
                 self.failed += 1
@@ -84,12 +88,16 @@ class S3FaultProxy:
             time.sleep(self.latency)
         if fail:
             _answer(h, 503, [("Content-Type", "application/xml")], SLOW_DOWN)
+            with self._lock:
+                self.puts_answered += h.command == "PUT"
             return
         status, headers, data = self._forward(h, body)
         hook = self.after_put
         if h.command == "PUT" and 200 <= status < 300 and hook is not None:
             hook(h.path)
         _answer(h, status, headers, data)
+        with self._lock:
+            self.puts_answered += h.command == "PUT"
 
     def _forward(self, h: BaseHTTPRequestHandler, body: bytes
                  ) -> tuple[int, list[tuple[str, str]], bytes]:

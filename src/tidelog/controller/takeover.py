@@ -248,6 +248,7 @@ class Takeovers:
     async def _take_over(self, rec: WalOwner) -> None:
         started = self._clock()
         node = rec.node
+        log.info("taking over broker %d's WAL (epoch %d)", node, rec.epoch)
         try:
             wal = self._open_wal(rec.uri)
             await wal.open(rec.epoch)  # fences the dead writer before anything is read
