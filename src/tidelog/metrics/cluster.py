@@ -6,19 +6,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import Metric
+from prometheus_client.core import CounterMetricFamily, Metric
 
+from tidelog.controller.balancer import Balancer
 from tidelog.controller.election import ControllerElection
 from tidelog.controller.membership import Membership
 from tidelog.controller.takeover import Takeovers
-from tidelog.metrics.families import counter, gauge
+from tidelog.metrics.families import counter, gauge, labelled
 from tidelog.partition.topics import TopicManager
 from tidelog.stream.engine import StreamEngine
 
 
 def cluster(membership: Membership, election: ControllerElection | None,
             engine: StreamEngine, topics: TopicManager,
-            takeovers: Takeovers | None = None) -> Iterator[Metric]:
+            takeovers: Takeovers | None = None,
+            balancer: Balancer | None = None) -> Iterator[Metric]:
     yield gauge("tidelog_broker_lease_remaining_seconds",
                 "Seconds this broker may still acknowledge writes without a lease renewal "
                 "(0: fenced)", membership.remaining())
@@ -38,6 +40,12 @@ def cluster(membership: Membership, election: ControllerElection | None,
                   "(AlterPartitionReassignments, tidelog partitions move)", topics.moves_done)
     yield gauge("tidelog_partition_move_last_seconds", "Duration of this broker's last "
                 "partition move (move seen to handed over)", topics.last_move_seconds)
+    if balancer is not None:
+        yield labelled(CounterMetricFamily, "tidelog_balancer_moves",
+                       "Moves this broker's balancer asked for as controller: to even out "
+                       "partition counts, or produce bytes per second", ["reason"],
+                       [(["partitions"], balancer.moves_asked - balancer.swaps_asked),
+                        (["bytes"], balancer.swaps_asked)])
     if takeovers is None:
         return
     yield counter("tidelog_takeovers", "Dead brokers' WALs this broker replayed into objects "

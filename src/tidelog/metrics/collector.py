@@ -51,7 +51,8 @@ class BrokerCollector(Collector):
             out.append(lambda: kafka.consumer_groups(coordinator.offsets, topics))
         membership, election = b.membership, b.election
         if membership is not None:
-            out.append(lambda: cluster(membership, election, engine, topics, b.takeovers))
+            out.append(lambda: cluster(membership, election, engine, topics, b.takeovers,
+                                       b.balancer))
         log_manager = b.log_manager
         if log_manager is not None:
             out.append(lambda: storage.log_cleanup(log_manager))

@@ -46,6 +46,8 @@ class Stream:
         self.next_offset = next_offset
         self.confirm_offset = next_offset
         self.closed = False
+        self.appended_bytes = 0
+        """Bytes appended here since the stream opened (the balancer's produce rate)."""
         self.sealed = False
         """Being handed to another broker: new appends are refused (NOT_LEADER), those in
         flight finish."""
@@ -92,6 +94,7 @@ class Stream:
             raise
         last = base + count - 1
         self.next_offset = last + 1
+        self.appended_bytes += len(payload)
         entry = CacheEntry(self.stream_id, base, last, payload, max_timestamp, record_count)
         engine.cache.add(entry)
         # Shielded: a cancelled request must not leave an appended record unconfirmed.
