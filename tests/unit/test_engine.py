@@ -166,3 +166,17 @@ async def read_all_from(p: Partition, off: int) -> list[bytes]:
         bufs, off = await p.stream.fetch(off, 1 << 20)
         out.extend(bytes(b) for b in bufs)
     return out
+
+
+async def test_an_append_after_the_lease_deadline_is_durable_but_not_acknowledged(
+        tmp_path: Path, store: ObjectStore) -> None:
+    """Self-fencing: past the deadline the append reaches the WAL (a taker saves it) but
+    the producer is told it failed, counted in `tidelog_appends_fenced_total`."""
+    engine = await open_engine(tmp_path, store, 1)
+    p = Partition("t", 0, await engine.create_stream())
+    await p.append(batch(0))
+    engine.ack_deadline = 0.0  # the lease may have expired
+    with pytest.raises(Exception, match="lease may have expired"):
+        await p.append(batch(1))
+    assert engine.fenced_appends == 1
+    await stop(engine, flush=False)

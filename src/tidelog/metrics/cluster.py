@@ -32,6 +32,9 @@ def cluster(membership: Membership, election: ControllerElection | None,
                 len(engine.streams))
     yield counter("tidelog_stream_fenced", "Streams closed because an upload commit "
                   "found another owner or epoch", engine.fenced_streams)
+    yield counter("tidelog_appends_fenced", "Appends made durable but not acknowledged: "
+                  "this broker's lease may have expired, or the stream was fenced during "
+                  "the append", engine.fenced_appends)
     yield counter("tidelog_streams_released", "Streams closed here because their record "
                   "named another owner or a newer epoch", engine.released_streams)
     yield counter("tidelog_orphan_streams_deleted", "Streams no topic named, deleted by "

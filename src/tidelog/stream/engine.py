@@ -125,6 +125,10 @@ class StreamEngine:
         may have expired by then); None: no lease (the embedded single broker)."""
         self.fenced_streams = 0
         self.released_streams = 0
+        self.fenced_appends = 0
+        """Appends made durable but not acknowledged: the lease may have expired, or the
+        stream was fenced meanwhile (the record is in the WAL; a taker or the restart
+        decides its fate)."""
         self.moved_streams = 0
         self.store = store
         self.meta = meta

@@ -102,8 +102,10 @@ class Stream:
         if not engine.may_acknowledge():
             # durable, but the broker's lease may have expired: another broker may own
             # the stream by now, so the append is not acknowledged (self-fencing)
+            engine.fenced_appends += 1
             raise StreamError(f"stream {self.stream_id}: this broker's lease may have expired")
         if self.closed:
+            engine.fenced_appends += 1
             raise StreamError(f"stream {self.stream_id} was closed (fenced) during the append")
         return base
 
