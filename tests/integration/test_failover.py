@@ -329,6 +329,77 @@ def test_a_partition_moves_in_seconds_through_kafka_python_and_the_cli(
     assert wrong.returncode == 1 and "broker 77 is not live" in wrong.stderr
 
 
+def move_to(boot: str, topic: str, partition: int, target: int) -> None:
+    from kafka import TopicPartition as KTopicPartition
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=boot)
+    try:
+        admin.alter_partition_reassignments({KTopicPartition(topic, partition): [target]})
+    finally:
+        admin.close()
+    wait_for(lambda: leaders(boot, topic)[partition] == target, timeout=30,
+             what=f"{topic}-{partition} on broker {target}")
+
+
+def test_transactions_in_flight_move_with_their_partitions(cluster: Cluster) -> None:
+    """A transaction open on a partition (and its coordinator's partition) while both
+    move: the producer follows, commits, and read_committed sees exactly the committed
+    records; an abort after a move hides its records and does not hold the LSO back."""
+    from tidelog.coordinator.state_log import partition_for
+
+    boot = cluster.bootstrap
+    topic = "txn-moving"
+    create(boot, topic)
+    tid = "txn-that-moves"
+    p = Producer({"bootstrap.servers": boot, "transactional.id": tid})
+    p.init_transactions(30)
+    states = leaders(boot, "__transaction_state")
+    state = partition_for(tid, len(states))
+
+    def elsewhere(now: int) -> int:
+        return next(n for n in sorted(cluster.brokers) if n != now)
+
+    committed: list[bytes] = []
+    p.begin_transaction()
+    for i in range(50):
+        committed.append(f"c1-{i}".encode())
+        p.produce(topic, value=committed[-1], partition=i % 2)
+    p.flush(30)  # in the log, the transaction open
+    move_to(boot, topic, 0, elsewhere(leaders(boot, topic)[0]))
+    move_to(boot, "__transaction_state", state, elsewhere(states[state]))
+    for i in range(50):
+        committed.append(f"c2-{i}".encode())
+        p.produce(topic, value=committed[-1], partition=i % 2)
+    p.commit_transaction(30)
+    p.begin_transaction()
+    for i in range(50):
+        p.produce(topic, value=f"aborted-{i}".encode(), partition=i % 2)
+    p.flush(30)
+    move_to(boot, topic, 1, elsewhere(leaders(boot, topic)[1]))
+    p.abort_transaction(30)
+    p.begin_transaction()
+    p.produce(topic, value=b"last", partition=1)
+    committed.append(b"last")
+    p.commit_transaction(30)
+
+    c = Consumer({"bootstrap.servers": boot, "group.id": uuid.uuid4().hex,
+                  "auto.offset.reset": "earliest", "isolation.level": "read_committed"})
+    c.assign([TopicPartition(topic, 0, 0), TopicPartition(topic, 1, 0)])
+    got: list[bytes] = []
+    deadline = time.monotonic() + 60
+    try:
+        while b"last" not in got and time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is not None and not m.error():
+                got.append(m.value())
+        extra = c.poll(1.0)  # nothing aborted follows
+    finally:
+        c.close()
+    assert sorted(got) == sorted(committed)
+    assert extra is None or extra.error() is not None
+
+
 def test_wal_record_round_trip() -> None:
     rec = WalOwner(4, 7, "file:///w/broker-4.wal", "b", taker=2, done=True, version=9)
     assert WalOwner.decode(4, rec.encode(), 9) == rec

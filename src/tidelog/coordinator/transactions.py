@@ -51,6 +51,7 @@ RemoteMarkers = Callable[[int, int, int, bool, int, list[tuple[str, int]]],
 partition (WriteTxnMarkers to the owner)."""
 PID_BLOCK = 1000  # producer ids taken from the metadata store per allocation
 PID_BLOCK_COUNTER = "producer_id_block"
+NOT_HERE = "not_coordinator"
 
 
 @dataclass(slots=True)
@@ -115,6 +116,10 @@ class TransactionCoordinator:
         log.info("%s-%d unloaded: %d transactional ids", topic, index, len(gone))
 
     def owns(self, transactional_id: str) -> bool:
+        """Whether the id's `__transaction_state` partition is loaded here. Checked under
+        the id's lock by every request: one that waited for the lock while the partition
+        moved away is told NOT_COORDINATOR (the client finds the new one), not that its
+        producer id is unknown (fatal to the producer)."""
         return self.log.owns(transactional_id)
 
     def _restore(self, state: dict[bytes, bytes]) -> None:
@@ -166,6 +171,8 @@ class TransactionCoordinator:
         if not 0 < timeout_ms <= self.config.max_timeout_ms:
             return InitResult("invalid_transaction_timeout")
         async with self._lock(transactional_id):
+            if not self.owns(transactional_id):
+                return InitResult(NOT_HERE)
             try:
                 return await self._init(transactional_id, timeout_ms, producer_id,
                                         producer_epoch)
@@ -282,6 +289,8 @@ class TransactionCoordinator:
         """Commit or abort the open transaction; answered once its markers are written
         (or, if a partition refuses them for now, once the outcome is durable)."""
         async with self._lock(transactional_id):
+            if not self.owns(transactional_id):
+                return NOT_HERE
             m = self._txns.get(transactional_id)
             if m is None or m.producer_id != producer_id:
                 return "invalid_producer_id_mapping"
@@ -306,6 +315,8 @@ class TransactionCoordinator:
     async def _current(self, tid: str, pid: int, epoch: int
                        ) -> tuple[TxnMetadata | None, str | None]:
         """The id's metadata if (pid, epoch) is its producer and it can take additions."""
+        if not self.owns(tid):
+            return None, NOT_HERE
         m = self._txns.get(tid)
         if m is None or m.producer_id != pid:
             return None, "invalid_producer_id_mapping"

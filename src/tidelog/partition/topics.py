@@ -165,6 +165,7 @@ class TopicManager:
         self._moves_seen = 0
         """The newest revision of `/moves/` the watch has delivered."""
         self._moving: dict[int, asyncio.Task[None]] = {}
+        self._retries: set[asyncio.Task[None]] = set()
         self.moves_done = 0
         self.last_move_seconds = 0.0
 
@@ -253,7 +254,7 @@ class TopicManager:
         return topic
 
     async def stop(self) -> None:
-        for task in list(self._moving.values()):
+        for task in [*self._moving.values(), *self._retries]:
             task.cancel()
         for task in self._followers:
             task.cancel()
@@ -520,10 +521,26 @@ class TopicManager:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("moving stream %d to broker %d failed (it stays here): %r", sid,
-                        target, exc)
+            log.warning("moving stream %d to broker %d failed (it stays here; retrying "
+                        "while the move is asked for): %r", sid, target, exc)
+            if key is not None:
+                self._retries.add(asyncio.get_running_loop().create_task(
+                    self._retry_move(sid, key), name=f"move-retry-{sid}"))
         finally:
             self._moving.pop(sid, None)
+
+    async def _retry_move(self, sid: int, key: str, delay: float = 1.0) -> None:
+        """Try a failed move again while its `/moves/` record asks for it."""
+        try:
+            await asyncio.sleep(delay)
+            entry = await self.meta.get(key)
+            if entry is not None and sid in self.engine.streams:
+                self._start_move(sid, int(json.loads(entry.value)["target"]), key,
+                                 entry.version)
+        except MetadataError as exc:
+            log.warning("retrying the move of stream %d failed: %s", sid, exc)
+        finally:
+            self._retries.discard(asyncio.current_task())
 
     # ---- cluster mode: orphan streams, on the controller ----------------------------------
 

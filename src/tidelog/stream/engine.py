@@ -540,9 +540,17 @@ class StreamEngine:
         s = self.streams.get(stream_id)
         if s is None:
             return False
+        deadline = self._clock() + 30.0
         while self.unuploaded(stream_id)[0]:
-            if not await self._upload_some():
-                raise StreamError(f"stream {stream_id}: its tail could not be uploaded")
+            if await self._upload_some():
+                continue
+            # nothing uploadable: another stream's append ahead in WAL order is still on
+            # its way to durable (uploads take WAL order's durable prefix); it lands
+            # within a group commit
+            if self._clock() > deadline:
+                raise StreamError(f"stream {stream_id}: its tail could not be uploaded "
+                                  "(an append ahead of it in the WAL is not durable)")
+            await asyncio.sleep(0.002)
         async with self._upload_lock:
             if self.unuploaded(stream_id)[0] or self.streams.get(stream_id) is not s:
                 raise StreamError(f"stream {stream_id} changed during its move")
