@@ -166,6 +166,7 @@ class TopicManager:
         """The newest revision of `/moves/` the watch has delivered."""
         self._moving: dict[int, asyncio.Task[None]] = {}
         self._retries: set[asyncio.Task[None]] = set()
+        self._move_failures: dict[int, int] = {}
         self.moves_done = 0
         self.last_move_seconds = 0.0
 
@@ -513,6 +514,7 @@ class TopicManager:
                          topic.name, where[1], target)
                 return
             took = self.clock() - started
+            self._move_failures.pop(sid, None)
             self.moves_done += 1
             self.last_move_seconds = took
             log.info("moved %s-%d to broker %d in %.3fs", topic.name, where[1], target, took)
@@ -524,12 +526,15 @@ class TopicManager:
             log.warning("moving stream %d to broker %d failed (it stays here; retrying "
                         "while the move is asked for): %r", sid, target, exc)
             if key is not None:
+                # each attempt refuses appends while it lasts: back off, up to a minute
+                tries = self._move_failures[sid] = self._move_failures.get(sid, 0) + 1
                 self._retries.add(asyncio.get_running_loop().create_task(
-                    self._retry_move(sid, key), name=f"move-retry-{sid}"))
+                    self._retry_move(sid, key, min(2.0 ** (tries - 1), 60.0)),
+                    name=f"move-retry-{sid}"))
         finally:
             self._moving.pop(sid, None)
 
-    async def _retry_move(self, sid: int, key: str, delay: float = 1.0) -> None:
+    async def _retry_move(self, sid: int, key: str, delay: float) -> None:
         """Try a failed move again while its `/moves/` record asks for it."""
         try:
             await asyncio.sleep(delay)
