@@ -389,7 +389,7 @@ def test_transactions_in_flight_move_with_their_partitions(cluster: Cluster) -> 
     got: list[bytes] = []
     deadline = time.monotonic() + 60
     try:
-        while b"last" not in got and time.monotonic() < deadline:
+        while len(got) < len(committed) and time.monotonic() < deadline:
             m = c.poll(0.5)
             if m is not None and not m.error():
                 got.append(m.value())
