@@ -25,8 +25,14 @@ import pytest
 
 from tests.integration.cluster import Cluster, wait_for
 from tests.integration.fault_proxies import S3FaultProxy, TcpStallProxy
-from tests.integration.test_failover import Load, controller, create, kill_under_load, verify
-from tidelog.controller.takeover import WalOwner, wal_key
+from tests.integration.test_failover import (
+    Load,
+    controller,
+    create,
+    kill_under_load,
+    verify,
+    wal_owner,
+)
 from tidelog.metadata.uri import open_metadata
 from tidelog.stream.objects import GARBAGE, OBJECTS
 from tidelog.tools.local_postgres import LocalPostgres
@@ -98,18 +104,6 @@ class FaultyCluster(Cluster):
         parts = urlsplit(self.dsn)
         return urlunsplit(parts._replace(
             netloc=parts.netloc.rsplit(":", 1)[0] + f":{self.pg.upstream_port}"))
-
-    def wal(self, node: int) -> WalOwner:
-        async def get() -> WalOwner:
-            store = open_metadata(self.direct_dsn)
-            try:
-                entry = await store.get(wal_key(node))
-                assert entry is not None
-                return WalOwner.decode(node, entry.value, entry.version)
-            finally:
-                await store.close()
-
-        return asyncio.run(get())
 
     def orphans(self) -> set[str]:
         """Objects in the bucket that no record names: listed before the records, as the
@@ -267,8 +261,8 @@ def test_a_taker_killed_during_the_takeover_is_replaced_and_the_wal_replayed_onc
         for proxy in cluster.proxies.values():
             proxy.latency = 4.0
         cluster.brokers[victim].kill()
-        wait_for(lambda: cluster.wal(victim).pending, timeout=30, what="a taker assigned")
-        taker = cluster.wal(victim).taker
+        wait_for(lambda: wal_owner(cluster, victim).pending, timeout=30, what="a taker assigned")
+        taker = wal_owner(cluster, victim).taker
         assert taker is not None
         tb = cluster.brokers[taker]
         line = f"taking over broker {victim}'s WAL"
@@ -277,13 +271,13 @@ def test_a_taker_killed_during_the_takeover_is_replaced_and_the_wal_replayed_onc
         proxy = cluster.proxies[taker]
         wait_for(lambda: proxy.puts_started > proxy.puts_answered, timeout=30,
                  what="a PUT of the taker in flight")
-        assert cluster.wal(victim).pending, "the takeover ended before the kill"
+        assert wal_owner(cluster, victim).pending, "the takeover ended before the kill"
         tb.kill()
         cluster.heal()
         last = next(n for n in cluster.brokers if n not in (victim, taker))
-        wait_for(lambda: all(cluster.wal(n).done for n in (victim, taker)), timeout=60,
+        wait_for(lambda: all(wal_owner(cluster, n).done for n in (victim, taker)), timeout=60,
                  what="both WALs taken over")
-        assert cluster.wal(victim).taker == last and cluster.wal(taker).taker == last
+        assert wal_owner(cluster, victim).taker == last and wal_owner(cluster, taker).taker == last
         seen = len(load.acked)
         wait_for(lambda: len(load.acked) > seen + 2000, timeout=90, what="load after")
         for node in (victim, taker):

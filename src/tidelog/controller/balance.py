@@ -34,11 +34,7 @@ def plan_moves(owners: Mapping[int, int], live: Sequence[int],
     pending = pending or {}
     if len(live) < 2:
         return []
-    mine: dict[int, list[int]] = {b: [] for b in live}
-    for sid, owner in sorted(owners.items()):
-        where = pending.get(sid, owner)
-        if where in mine:
-            mine[where].append(sid)
+    mine = _by_broker(owners, live, pending)
     topics = topic_of or {}
     out: list[tuple[int, int]] = []
     while limit is None or len(out) < limit:
@@ -78,11 +74,7 @@ def plan_swaps(owners: Mapping[int, int], live: Sequence[int], rates: Mapping[in
     pending = pending or {}
     if len(live) < 2:
         return []
-    mine: dict[int, list[int]] = {b: [] for b in live}
-    for sid, owner in sorted(owners.items()):
-        where = pending.get(sid, owner)
-        if where in mine:
-            mine[where].append(sid)
+    mine = _by_broker(owners, live, pending)
     load = {b: sum(rates.get(s, 0.0) for s in mine[b]) for b in live}
     mean = sum(load.values()) / len(live)
     fixed = set(pending)
@@ -109,6 +101,17 @@ def plan_swaps(owners: Mapping[int, int], live: Sequence[int], rates: Mapping[in
             load[src] -= rates.get(moved, 0.0)
             load[dst] += rates.get(moved, 0.0)
     return out
+
+
+def _by_broker(owners: Mapping[int, int], live: Sequence[int],
+               pending: Mapping[int, int]) -> dict[int, list[int]]:
+    """Each live broker's streams, a pending move counted at its target."""
+    mine: dict[int, list[int]] = {b: [] for b in live}
+    for sid, owner in sorted(owners.items()):
+        where = pending.get(sid, owner)
+        if where in mine:
+            mine[where].append(sid)
+    return mine
 
 
 def _best_trade(mine: Mapping[int, list[int]], most: int, least: int,
