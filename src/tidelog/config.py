@@ -13,6 +13,8 @@ DEFAULTS: dict[str, str] = {
     "listeners": "PLAINTEXT://localhost:9092",
     "advertised.listeners": "",
     "broker.rack": "",
+    "listener.zones": "",
+    "zone.cidr.blocks": "",
     "cluster.id": "tidelog-cluster",
     "data.dir": "./data",
     "wal.uri": "file://./data/wal",
@@ -111,15 +113,32 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
 class Listener:
     host: str
     port: int
+    name: str = "PLAINTEXT"
 
 
 def parse_listener(value: str) -> Listener:
-    first = value.split(",")[0].strip()
-    _, _, hostport = first.rpartition("://")
-    host, _, port = hostport.rpartition(":")
-    if not port.isdigit():
-        raise ConfigError(f"listener {value!r} needs host:port")
-    return Listener(host or "0.0.0.0", int(port))
+    """The first of a `listeners` list."""
+    return parse_listeners(value)[0]
+
+
+def parse_listeners(value: str) -> list[Listener]:
+    """Kafka's form: `NAME://host:port,...` (`host:port` alone is PLAINTEXT); names are
+    unique, and the first listener is the one brokers use between themselves."""
+    out: list[Listener] = []
+    for item in filter(None, (i.strip() for i in value.split(","))):
+        name, sep, hostport = item.rpartition("://")
+        host, _, port = hostport.rpartition(":")
+        if not port.isdigit():
+            raise ConfigError(f"listener {item!r} needs host:port")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        listener = Listener(host or "0.0.0.0", int(port), (name if sep else "PLAINTEXT").upper())
+        if any(x.name == listener.name for x in out):
+            raise ConfigError(f"listeners: {listener.name} named twice in {value!r}")
+        out.append(listener)
+    if not out:
+        raise ConfigError(f"listeners: no listener in {value!r}")
+    return out
 
 
 class Config:

@@ -13,7 +13,7 @@ from tidelog.api.authorizer import Authorizer, parse_super_users
 from tidelog.api.base import BrokerConfig, BrokerInfo, ClusterView, Context
 from tidelog.api.dispatch import Dispatcher
 from tidelog.api.txn_markers import send_markers
-from tidelog.config import Config, parse_listener
+from tidelog.config import Config, ConfigError, Listener, parse_listeners
 from tidelog.controller.balancer import Balancer
 from tidelog.controller.election import ControllerElection
 from tidelog.controller.membership import BrokerRecord, Membership
@@ -41,6 +41,7 @@ from tidelog.stream.engine import EngineConfig, StreamEngine
 from tidelog.stream.object_compaction import CompactionConfig
 from tidelog.stream.wal.base import WAL
 from tidelog.stream.wal.uri import OBJECT_WAL_SCHEMES, open_wal
+from tidelog.zone.connection import ZoneRules
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,24 @@ def is_cluster(metadata_uri: str) -> bool:
     return metadata_uri.split("://", 1)[0] in ("postgresql", "postgres")
 
 
+def _advertised(binds: list[Listener], value: str) -> list[Listener]:
+    """The advertised address of each bound listener, matched by name as Kafka does (by
+    position when no name matches: `advertised.listeners` written for one listener under
+    another name); a listener not advertised is reached where it is bound."""
+    if not value:
+        return list(binds)
+    adverts = parse_listeners(value)
+    by_name = {a.name: a for a in adverts}
+    if not set(by_name) & {b.name for b in binds}:
+        by_name = {b.name: Listener(a.host, a.port, b.name)
+                   for b, a in zip(binds, adverts, strict=False)}
+    return [by_name.get(b.name, b) for b in binds]
+
+
+def _endpoints(adverts: list[Listener]) -> dict[str, tuple[str, int]]:
+    return {a.name: (a.host, a.port) for a in adverts}
+
+
 def _without_query(uri: str) -> str:
     """For logs: a URI's query may hold credentials."""
     return uri.split("?", 1)[0]
@@ -77,6 +96,8 @@ class Broker:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.listener: KafkaListener | None = None
+        """The first of `listeners` (the one other brokers use)."""
+        self.listeners: list[KafkaListener] = []
         self.engine: StreamEngine | None = None
         self.meta: MetadataStore | None = None
         self.topics: TopicManager | None = None
@@ -108,8 +129,12 @@ class Broker:
                       if c.get_bool("metrics.enabled") else None)
         self.meta = open_metadata(c.get_str("metadata.uri"))
         cluster = is_cluster(c.get_str("metadata.uri"))
-        bind = parse_listener(c.get_str("listeners"))
-        advertised = parse_listener(c.get_str("advertised.listeners") or c.get_str("listeners"))
+        binds = parse_listeners(c.get_str("listeners"))
+        adverts = _advertised(binds, c.get_str("advertised.listeners"))
+        advertised = adverts[0]
+        zones = ZoneRules.parse(c.get_str("listener.zones"), c.get_str("zone.cidr.blocks"))
+        if unknown := set(zones.listener_zones) - {b.name for b in binds}:
+            raise ConfigError(f"listener.zones names no listener: {sorted(unknown)}")
         store = CountingObjectStore(
             open_with_emulation(c.get_str("objectstore.uri"), open_object_store),
             self.store_stats)
@@ -146,7 +171,8 @@ class Broker:
             self.membership = Membership(
                 self.meta, BrokerRecord(node_id, advertised.host, advertised.port,
                                         c.get_str("broker.rack") or None,
-                                        _without_query(c.get_str("wal.uri")), 0),
+                                        _without_query(c.get_str("wal.uri")), 0,
+                                        _endpoints(adverts)),
                 ttl=c.get_int("broker.session.timeout.ms") / 1000,
                 interval=c.get_int("broker.heartbeat.interval.ms") / 1000,
                 on_deadline=lambda d: setattr(engine, "ack_deadline", d),
@@ -229,7 +255,7 @@ class Broker:
             num_partitions=c.get_int("num.partitions"),
         )
         info = BrokerInfo(node_id, advertised.host, advertised.port,
-                          c.get_str("broker.rack") or None)
+                          c.get_str("broker.rack") or None, _endpoints(adverts))
         authorizer = Authorizer(self.meta,
                                 allow_if_no_acl=c.get_bool("allow.everyone.if.no.acl.found"),
                                 super_users=parse_super_users(c.get_str("super.users")))
@@ -240,15 +266,19 @@ class Broker:
                       cluster=self._cluster_view())
         self.dispatcher = Dispatcher(ctx)
         self.request_metrics = RequestMetrics() if metrics_at is not None else None
-        self.listener = KafkaListener(self.dispatcher, bind.host, bind.port,
-                                      c.get_int("socket.request.max.bytes"),
-                                      self.request_metrics.observe if self.request_metrics
-                                      else None)
-        await self.listener.start()
-        if advertised.port == 0:  # bound to a free port: advertise the real one
-            info.port = self.listener.port
+        self.listeners = [KafkaListener(self.dispatcher, bind.host, bind.port,
+                                        c.get_int("socket.request.max.bytes"),
+                                        self.request_metrics.observe if self.request_metrics
+                                        else None, bind.name, zones) for bind in binds]
+        self.listener = self.listeners[0]
+        for listener in self.listeners:
+            await listener.start()
+        if any(a.port == 0 for a in adverts):  # bound to free ports: advertise the real ones
+            adverts = [Listener(a.host, listener.port if a.port == 0 else a.port, a.name)
+                       for a, listener in zip(adverts, self.listeners, strict=True)]
+            info.port, info.endpoints = adverts[0].port, _endpoints(adverts)
             if self.membership is not None:
-                await self.membership.update(port=info.port)
+                await self.membership.update(port=info.port, endpoints=info.endpoints)
         if metrics_at is not None:
             self.metrics = MetricsEndpoint.start(BrokerCollector(self), *metrics_at)
             log.info("metrics on %s", self.metrics.url)
@@ -275,7 +305,7 @@ class Broker:
         if membership is None or election is None:
             return None
         return ClusterView(
-            brokers=lambda: [BrokerInfo(r.node_id, r.host, r.port, r.rack)
+            brokers=lambda: [BrokerInfo(r.node_id, r.host, r.port, r.rack, r.endpoints)
                              for r in membership.live.values()],
             controller_id=lambda: election.controller_id)
 
@@ -288,8 +318,8 @@ class Broker:
                 await self.topics.drain(self._drain_targets)
             except Exception as exc:  # what is left is taken over after the lease
                 log.warning("handing partitions over at shutdown failed: %r", exc)
-        if self.listener is not None:
-            await self.listener.stop()
+        for listener in self.listeners:
+            await listener.stop()
         if self.log_manager is not None:
             await self.log_manager.stop()
         if self.transactions is not None:

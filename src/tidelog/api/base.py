@@ -28,6 +28,13 @@ class BrokerInfo:
     host: str
     port: int
     rack: str | None = None
+    endpoints: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """Advertised (host, port) by listener name."""
+
+    def endpoint(self, listener: str) -> tuple[str, int]:
+        """Where a client that came in on `listener` reaches this broker: that listener's
+        advertised address, else the first listener's."""
+        return self.endpoints.get(listener, (self.host, self.port))
 
 
 @dataclass(slots=True)

@@ -8,8 +8,9 @@ from tidelog.api.api_versions import API_VERSIONS, api_versions_response
 from tidelog.api.base import Context, Encoded
 from tidelog.api.produce import NO_RESPONSE, PRODUCE
 from tidelog.api.registry import ALL, BY_KEY
-from tidelog.api.traffic import client_zone, produce_data_bytes, traffic
+from tidelog.api.traffic import produce_data_bytes, traffic
 from tidelog.protocol.codec import decode_request, encode_response, peek_header
+from tidelog.zone.connection import ClientConnection, learn
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ class Dispatcher:
         self.traffic = traffic(ctx)
 
     async def __call__(
-        self, frame: bytes, client_host: str = ""
+        self, frame: bytes, conn: ClientConnection | None = None
     ) -> bytes | list[bytes | bytearray | memoryview] | None:
         head = peek_header(frame)
         api = BY_KEY.get(head.api_key)
@@ -46,10 +47,14 @@ class Dispatcher:
             raise ProtocolViolation(
                 f"malformed request (api key {head.api_key} v{version}): {exc!r}") from exc
         self.by_api[head.api_key] = self.by_api.get(head.api_key, 0) + 1
-        zone = client_zone(self.traffic, req)
+        if conn is None:
+            conn = ClientConnection()
+        if conn.zone is None:
+            learn(conn, header.client_id, getattr(req, "rack_id", None))
+        zone = conn.zone or self.traffic.zone
         self.traffic.from_client(zone, len(frame) + 4,
                                  produce_data_bytes(req) if head.api_key == PRODUCE else 0)
-        header.client_host = client_host
+        header.client_host, header.listener, header.zone = conn.peer_host, conn.listener, conn.zone
         resp = await api.handler(self.ctx, header, req)
         if resp is NO_RESPONSE:
             return None

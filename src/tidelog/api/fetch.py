@@ -21,7 +21,7 @@ from tidelog.api.fetch_sessions import (
     SessionError,
     SessionPartition,
 )
-from tidelog.api.traffic import client_zone, frame_bytes, traffic
+from tidelog.api.traffic import frame_bytes, traffic
 from tidelog.partition.partition import Partition
 from tidelog.protocol.codec import RequestHeader
 from tidelog.protocol.fetch_encoder import PartitionOut, TopicOut, encode_fetch_response
@@ -99,7 +99,7 @@ async def handle_fetch(ctx: Context, header: RequestHeader, req: Any) -> Any:
                     session.partitions.pop((name, index), None)  # type: ignore[arg-type]
             wanted = session.partitions
     except SessionError as exc:
-        return _respond(ctx, req, encode_fetch_response(
+        return _respond(ctx, header, encode_fetch_response(
             version, header.correlation_id, [], error_code=error(exc.code).value), 0)
 
     deadline = time.monotonic() + min(req.max_wait.total_seconds(),
@@ -145,16 +145,17 @@ async def handle_fetch(ctx: Context, header: RequestHeader, req: Any) -> Any:
     for topic_id, index in unknown:
         topics.append(TopicOut("", topic_id, [PartitionOut(
             index, error("unknown_topic_id").value, -1, -1, -1)]))
-    return _respond(ctx, req, encode_fetch_response(
+    return _respond(ctx, header, encode_fetch_response(
         version, header.correlation_id, topics, session_id=session.session_id if session else 0),
         total)
 
 
-def _respond(ctx: Context, req: Any, frame: list[Any], data_bytes: int) -> Encoded:
+def _respond(ctx: Context, header: RequestHeader, frame: list[Any], data_bytes: int
+             ) -> Encoded:
     """The response, counted as bytes to the client's zone (the dispatcher cannot split
     an encoded frame into data and control)."""
     t = traffic(ctx)
-    t.to_client(client_zone(t, req), frame_bytes(frame), data_bytes)
+    t.to_client(header.zone or t.zone, frame_bytes(frame), data_bytes)
     return Encoded(frame)
 
 

@@ -88,7 +88,7 @@ async def handle_find_coordinator(ctx: Context, header: RequestHeader, req: Any)
         if c != NONE:
             return c, m, -1, "", -1
         if ctx.cluster is None:  # one broker coordinates everything
-            return c, m, ctx.broker.node_id, ctx.broker.host, ctx.broker.port
+            return (c, m, ctx.broker.node_id, *ctx.broker.endpoint(header.listener))
         if logs is None:
             return error("coordinator_not_available"), "no coordinator", -1, "", -1
         topic = ctx.topics.get(logs.topic)
@@ -97,7 +97,7 @@ async def handle_find_coordinator(ctx: Context, header: RequestHeader, req: Any)
         if b is None:
             return (error("coordinator_not_available"),
                     f"the coordinator of {key!r} is not available", -1, "", -1)
-        return c, m, b.node_id, b.host, b.port
+        return (c, m, b.node_id, *b.endpoint(header.listener))
 
     if v >= 4:
         coordinators = []

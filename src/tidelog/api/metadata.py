@@ -1,5 +1,6 @@
-"""Metadata and DescribeCluster: the live brokers with their racks, the controller, and
-each partition's leader (its stream's owner) and leader epoch (the stream's epoch)."""
+"""Metadata and DescribeCluster: the live brokers with their racks (each at its address
+for the listener the request came in on, as Kafka does), the controller, and each
+partition's leader (its stream's owner) and leader epoch (the stream's epoch)."""
 
 from __future__ import annotations
 
@@ -52,8 +53,10 @@ async def handle_metadata(ctx: Context, header: RequestHeader, req: Any) -> Any:
     by name; a topic is auto-created only for a client that may CREATE it."""
     mod = response_module(METADATA, header.api_version)
     live_brokers = ctx.live_brokers()
-    brokers = tuple(make(mod.MetadataResponseBroker, node_id=b.node_id, host=b.host,
-                         port=b.port, rack=b.rack) for b in live_brokers)
+    brokers = tuple(make(mod.MetadataResponseBroker, node_id=b.node_id,
+                         host=b.endpoint(header.listener)[0],
+                         port=b.endpoint(header.listener)[1], rack=b.rack)
+                    for b in live_brokers)
     live = {b.node_id for b in live_brokers}
     with_ops = getattr(req, "include_topic_authorized_operations", False)
 
@@ -112,7 +115,9 @@ async def handle_describe_cluster(ctx: Context, header: RequestHeader, req: Any)
                 error_message=None, endpoint_type=1, cluster_id=ctx.config.cluster_id,
                 controller_id=ctx.controller_id(),
                 brokers=tuple(make(mod.DescribeClusterBroker, broker_id=b.node_id,
-                                   host=b.host, port=b.port, rack=b.rack, is_fenced=False)
+                                   host=b.endpoint(header.listener)[0],
+                                   port=b.endpoint(header.listener)[1], rack=b.rack,
+                                   is_fenced=False)
                               for b in ctx.live_brokers()),
                 cluster_authorized_operations=(
                     ctx.operations(header, ResourceType.CLUSTER, CLUSTER_NAME)

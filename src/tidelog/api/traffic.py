@@ -6,10 +6,10 @@ split into *data* (record batches) and *control* (everything else in the frames:
 metadata, group and offset traffic). Every count is O(1) per request or per partition,
 never per record; the metrics endpoint reads the plain integers at scrape time.
 
-Zones: the broker's is `broker.rack` (`default` when empty). A client's is the `rack_id`
-its request carries (Fetch v11+, ConsumerGroupHeartbeat); requests without one, produce
-included (the protocol has no field for it), are counted as coming from the broker's own
-zone, the cheapest assumption a cost estimate can make explicit.
+Zones: the broker's is `broker.rack` (`default` when empty). A client's is its
+connection's (`zone/connection.py`: listener, source address, client.id token, then
+client.rack); a connection whose zone is unknown is counted as coming from the broker's
+own zone, the cheapest assumption a cost estimate can make explicit.
 """
 
 from __future__ import annotations
@@ -79,10 +79,6 @@ def traffic(ctx: Context) -> Traffic:
         t = ctx.extras["traffic"] = Traffic(ctx.broker.rack or DEFAULT_ZONE)
     assert isinstance(t, Traffic)
     return t
-
-
-def client_zone(t: Traffic, req: Any) -> str:
-    return getattr(req, "rack_id", None) or t.zone
 
 
 def record_count(data: bytes | bytearray | memoryview) -> int:

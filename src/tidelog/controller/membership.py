@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from tidelog.metadata.base import (
     Fenced,
@@ -45,6 +45,8 @@ class BrokerRecord:
     wal: str
     epoch: int
     """The broker's WAL epoch at this start (its incarnation)."""
+    endpoints: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """Advertised (host, port) by listener name; `host`/`port` are the first listener's."""
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -53,7 +55,9 @@ class BrokerRecord:
     def decode(value: bytes) -> BrokerRecord:
         v = json.loads(value)
         return BrokerRecord(int(v["node_id"]), v["host"], int(v["port"]), v.get("rack"),
-                            v.get("wal", ""), int(v.get("epoch", 0)))
+                            v.get("wal", ""), int(v.get("epoch", 0)),
+                            {str(k): (str(h), int(p))
+                             for k, (h, p) in (v.get("endpoints") or {}).items()})
 
 
 def broker_key(node_id: int) -> str:

@@ -41,7 +41,7 @@ class BrokerCollector(Collector):
         out: list[Section] = [
             lambda: kafka.topic_traffic(dispatcher.traffic),
             lambda: kafka.partitions(topics, engine),
-            lambda: kafka.connections(listener),
+            lambda: kafka.connections(b.listeners, dispatcher.traffic.zone),
             lambda: storage.wal(engine.wal, engine),
             lambda: storage.engine(engine),
             lambda: storage.object_store(b.store_stats),

@@ -104,7 +104,16 @@ def consumer_groups(offsets: OffsetStore, topics: TopicManager) -> Iterator[Metr
     yield lag_sum
 
 
-def connections(listener: KafkaListener) -> Iterator[Metric]:
+def connections(listeners: list[KafkaListener], own_zone: str) -> Iterator[Metric]:
     yield labelled(GaugeMetricFamily, "kafka_server_socket_server_metrics_connection_count",
                    "Open client connections", ["listener"],
-                   [(["PLAINTEXT"], len(listener.connections))])
+                   [([li.name], len(li.connections)) for li in listeners])
+    by_zone: dict[tuple[str, str], int] = {}
+    for li in listeners:
+        for conn in li.connections:
+            key = (conn.info.zone or own_zone, conn.info.how)
+            by_zone[key] = by_zone.get(key, 0) + 1
+    yield labelled(GaugeMetricFamily, "tidelog_connections",
+                   "Open client connections by zone and by how the zone was found "
+                   "(listener, cidr, client_id, rack; none: counted in the broker's zone)",
+                   ["zone", "how"], [([z, how], n) for (z, how), n in sorted(by_zone.items())])

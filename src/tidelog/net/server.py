@@ -16,13 +16,15 @@ from dataclasses import dataclass
 from time import perf_counter
 
 from tidelog.protocol.codec import FrameError, FrameReader
+from tidelog.zone.connection import ClientConnection, ZoneRules
 
 log = logging.getLogger(__name__)
 
-# (frame bytes, peer host) -> response frame (bytes, or buffers to write in one go), or
-# None when no response is due (acks=0)
+# (frame bytes, the connection it came on) -> response frame (bytes, or buffers to write
+# in one go), or None when no response is due (acks=0)
 Response = bytes | list[bytes | bytearray | memoryview] | None
-Dispatch = Callable[[bytes, str], Awaitable[Response]]
+Dispatch = Callable[[bytes, ClientConnection], Awaitable[Response]]
+NO_RULES = ZoneRules()
 
 MAX_IN_FLIGHT = 64
 _API = struct.Struct(">hh")  # request header: api key, api version
@@ -52,7 +54,8 @@ RequestObserver = Callable[[RequestTiming], None]
 
 class KafkaConnection(asyncio.Protocol):
     def __init__(self, dispatch: Dispatch, max_frame: int, on_close: Callable[
-            [KafkaConnection], None], observer: RequestObserver | None = None) -> None:
+            [KafkaConnection], None], observer: RequestObserver | None = None,
+                 listener: str = "PLAINTEXT", zones: ZoneRules = NO_RULES) -> None:
         self._dispatch = dispatch
         self._reader = FrameReader(max_frame)
         self._pending: deque[asyncio.Task[Response]] = deque()
@@ -63,21 +66,27 @@ class KafkaConnection(asyncio.Protocol):
         self._write_paused = False
         self._on_close = on_close
         self.peer = "?"
-        self.peer_host = ""
+        self._listener = listener
+        self._zones = zones
+        self.info = ClientConnection(listener)
+
+    @property
+    def peer_host(self) -> str:
+        return self.info.peer_host
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         peername = transport.get_extra_info("peername")
         self.peer = str(peername)
-        if isinstance(peername, tuple) and peername:
-            self.peer_host = "/" + str(peername[0])  # Kafka's form: "/127.0.0.1"
+        address = str(peername[0]) if isinstance(peername, tuple) and peername else ""
+        self.info = self._zones.connection(self._listener, address)
 
     def data_received(self, data: bytes) -> None:
         self._reader.receive_data(data)
         try:
             while (frame := self._reader.next_frame()) is not None:
                 if self._observer is None:
-                    task = asyncio.ensure_future(self._dispatch(frame, self.peer_host))
+                    task = asyncio.ensure_future(self._dispatch(frame, self.info))
                 else:
                     api_key, api_version = _API.unpack_from(frame, 0)
                     timing = RequestTiming(api_key, api_version, perf_counter())
@@ -93,7 +102,7 @@ class KafkaConnection(asyncio.Protocol):
     async def _timed(self, frame: bytes, timing: RequestTiming) -> Response:
         timing.started = perf_counter()
         try:
-            return await self._dispatch(frame, self.peer_host)
+            return await self._dispatch(frame, self.info)
         finally:
             timing.finished = perf_counter()
 
@@ -162,11 +171,14 @@ class KafkaConnection(asyncio.Protocol):
 
 class KafkaListener:
     def __init__(self, dispatch: Dispatch, host: str, port: int,
-                 max_frame: int = 100 << 20, observer: RequestObserver | None = None) -> None:
+                 max_frame: int = 100 << 20, observer: RequestObserver | None = None,
+                 name: str = "PLAINTEXT", zones: ZoneRules = NO_RULES) -> None:
         self._dispatch = dispatch
         self._observer = observer
         self.host = host
         self.port = port
+        self.name = name
+        self._zones = zones
         self._max_frame = max_frame
         self._server: asyncio.Server | None = None
         self.connections: set[KafkaConnection] = set()
@@ -176,7 +188,7 @@ class KafkaListener:
 
         def factory() -> KafkaConnection:
             conn = KafkaConnection(self._dispatch, self._max_frame, self.connections.discard,
-                                   self._observer)
+                                   self._observer, self.name, self._zones)
             self.connections.add(conn)
             return conn
 
@@ -184,7 +196,7 @@ class KafkaListener:
                                                 reuse_address=True, backlog=1024)
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
-        log.info("listening on %s:%d", self.host, self.port)
+        log.info("listening on %s:%d (%s)", self.host, self.port, self.name)
 
     async def stop(self) -> None:
         if self._server is not None:

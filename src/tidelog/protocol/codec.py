@@ -35,6 +35,10 @@ class RequestHeader:
     client_id: str | None
     client_host: str = ""
     """The peer's address as the listener saw it (DescribeGroups reports it)."""
+    listener: str = "PLAINTEXT"
+    """The listener the request came in on (Metadata answers with its endpoints)."""
+    zone: str | None = None
+    """The client's zone, when known (docs/design/0003-zones.md)."""
 
 
 class FrameReader:
