@@ -40,6 +40,7 @@ from tidelog.tools.local_postgres import LocalPostgres
 pytestmark = pytest.mark.timeout(600)
 
 GRACE_MS = 3000
+AUDIT_MS = 2000
 """`log.segment.delete.delay.ms` of the cluster: garbage older than this is deleted."""
 
 
@@ -54,7 +55,7 @@ class FaultyCluster(Cluster):
         self.s3 = s3
         super().__init__(root, proxied, settings={
             "log.segment.delete.delay.ms": str(GRACE_MS),
-            "object.orphan.audit.interval.ms": "2000",
+            "object.orphan.audit.interval.ms": str(AUDIT_MS),
             "object.compaction.interval.ms": "4000",
         })
         self.proxies: dict[int, S3FaultProxy] = {}
@@ -159,12 +160,17 @@ def under_load(cluster: FaultyCluster, topic: str, fault: Callable[[Load], None]
 
 
 def no_orphans_after_the_grace(cluster: FaultyCluster) -> None:
-    """Garbage older than the grace is deleted and nothing in the bucket is unnamed."""
+    """Garbage older than the grace is deleted and nothing in the bucket is left unnamed.
+    An object whose PUT landed after a collector gave up on its intent (a PUT slower than
+    the grace: the +3 s latency run with its 3 s grace) is the orphan audit's to delete,
+    once it is older than the grace, at the audit's next round."""
     first = cluster.bucket_keys()
     time.sleep(GRACE_MS / 1000 + 2)  # the grace itself: garbage may not go sooner
     wait_for(lambda: not (cluster.records()[1] & first), timeout=30,
              what="garbage past its grace deleted")
-    assert cluster.orphans() == set()
+    wait_for(lambda: cluster.orphans() == set(),
+             timeout=(GRACE_MS + 2 * AUDIT_MS) / 1000 + 10,
+             what="objects no record names deleted by the audit")
 
 
 def acks_during(load: Load, seconds: float) -> int:
@@ -230,6 +236,7 @@ def test_a_broker_killed_between_an_object_put_and_its_commit_leaves_no_orphan(
         cluster.proxies[victim].after_put = kill_once
         assert fired.wait(30), "the victim uploaded nothing"
 
+    audited = cluster.metric("tidelog_orphan_objects_deleted_total")
     kill_under_load(cluster, "put-then-kill", victim, fail=put_then_die)
     assert b.proc is not None and b.proc.wait(10) == -signal.SIGKILL
     b.proc = None
@@ -239,7 +246,8 @@ def test_a_broker_killed_between_an_object_put_and_its_commit_leaves_no_orphan(
     wait_for(lambda: landed[0] not in cluster.bucket_keys(), timeout=30,
              what="the uncommitted object deleted after the grace")
     assert cluster.orphans() == set()
-    assert cluster.metric("tidelog_orphan_objects_deleted_total") == 0  # intents did it
+    # the intent did it, not the audit (the victim restarted: the counters of the others)
+    assert cluster.metric("tidelog_orphan_objects_deleted_total") <= audited
     print(f"\nbroker {victim} killed after its PUT of {landed[0]}: the object was "
           "deleted as garbage, nothing acknowledged lost")
 
