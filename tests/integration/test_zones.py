@@ -20,7 +20,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from tests.integration.cluster import Cluster
 from tests.integration.link_proxy import LinkProxy, free_port
 from tests.integration.test_metrics import scrape
+from tidelog.tools.cluster_status import cross_zone_by_topic
 from tidelog.tools.local_postgres import LocalPostgres
+from tidelog.tools.status import scrape as status_scrape
 
 pytestmark = pytest.mark.timeout(180)
 ZONES = ("a", "b", "c")
@@ -164,6 +166,10 @@ def test_a_zone_listeners_clients_are_counted_in_its_zone(zoned: ZonedCluster) -
     print(f"\nzone b's clients, no zone routing: {share:.1%} of their record bytes cross "
           f"zones ({crossing:.0f} of {total:.0f})")
     assert 0.4 < share < 0.9  # 8 of 12 partitions live in other zones
+    # per topic, as `tidelog cluster status` shows it
+    crossed, total = cross_zone_by_topic(
+        [status_scrape(b.metrics_url) for b in zoned.cluster.brokers.values()])[topic]
+    assert total >= 2 * N * SIZE and abs(crossed / total - share) < 0.05
     p = Producer({"bootstrap.servers": boot})
     p.produce(topic, value=b"open")
     assert p.flush(30) == 0

@@ -48,6 +48,10 @@ tidelog_zone_bytes_total{{destination_zone="a",kind="data",source_zone="a",traff
 {bytes_in}
 tidelog_zone_bytes_total{{destination_zone="b",kind="control",source_zone="a",traffic="broker"}} \
 {zone_ab / 4}
+# TYPE tidelog_topic_zone_bytes counter
+tidelog_topic_zone_bytes_total{{destination_zone="b",source_zone="a",topic="a"}} {zone_ab}
+tidelog_topic_zone_bytes_total{{destination_zone="a",source_zone="a",topic="a"}} {bytes_in}
+tidelog_topic_zone_bytes_total{{destination_zone="a",source_zone="a",topic="b"}} {bytes_in / 2}
 # TYPE tidelog_objectstore_stored_bytes gauge
 tidelog_objectstore_stored_bytes {stored}
 # TYPE tidelog_request_seconds histogram
@@ -69,6 +73,9 @@ def test_parse_and_deltas() -> None:
     assert (u.puts, u.gets) == (4, 8)
     assert u.wal_bytes == pytest.approx(11 * MIB)
     assert u.cross_zone_bytes() == pytest.approx({"data": MIB, "control": MIB / 4})
+    by_topic = u.cross_zone_by_topic()
+    assert by_topic["a"] == pytest.approx((MIB, MIB + 10 * MIB))
+    assert by_topic["b"] == pytest.approx((0.0, 5 * MIB))
     assert u.stored_bytes == 5 * MIB
     assert u.missing == ()
 
@@ -135,3 +142,15 @@ def test_price_run_by_hand() -> None:
     assert workload_of(u, w) == Workload(write_mibps=1, read_fanout=2, retention_hours=24,
                                          message_bytes=1024)
     assert workload_of(RunUsage(seconds=1, brokers=1), w) is None
+
+
+def test_the_report_names_the_topics_whose_bytes_cross_zones() -> None:
+    from tidelog.tools.cost.report import format_report
+
+    before = parse_exposition(exposition(1000, 2, 100))
+    after = parse_exposition(exposition(1000 + 10 * MIB, 6, 100 + 1 * MIB))
+    u = usage_between([before], [after], 10.0)
+    e = price_run(u, Workload(write_mibps=1, retention_hours=24), "s3", Prices(), Assumptions())
+    text = format_report(None, [e], None, Prices(), Assumptions(), u)
+    assert "client record bytes crossing zones, by topic: a 0.1000 MiB/s (9%)" in text
+    assert " b " not in text.split("by topic:")[1].splitlines()[0]

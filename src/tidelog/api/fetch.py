@@ -129,7 +129,7 @@ async def handle_fetch(ctx: Context, header: RequestHeader, req: Any) -> Any:
     counters = traffic(ctx)
     for key, r in results.items():
         if r.size:
-            counters.topic(key[0]).bytes_out += r.size
+            counters.fetched(key[0], r.size, header.zone)
         sp = wanted[key]
         if incremental and not r.bufs and r.code == NONE and r.hw == sp.last_hw and (
                 r.start == sp.last_start):

@@ -34,7 +34,7 @@ _NO_ERRORS: list[tuple[int, str]] = []
 
 
 async def _append(
-    ctx: Context, name: str, index: int, data: bytes | None, timeout: float
+    ctx: Context, name: str, index: int, data: bytes | None, timeout: float, zone: str | None
 ) -> Outcome:
     """The outcome for one partition; its topic's limits (max.message.bytes, timestamp
     bounds) are checked by `Partition.append`."""
@@ -45,7 +45,8 @@ async def _append(
         return error("invalid_record"), -1, -1, "empty record set", -1, _NO_ERRORS
     try:
         res = await p.append(data, timeout)
-        traffic(ctx).produced(p.topic, data)
+        t = traffic(ctx)
+        t.produced(p.topic, data, zone or t.zone)
         return (NONE, res.base_offset, res.log_start_offset, None, res.log_append_time,
                 _NO_ERRORS)
     except PartitionError as exc:
@@ -91,7 +92,7 @@ async def handle_produce(ctx: Context, header: RequestHeader, req: Any) -> Any:
                 jobs.append((t.name, pd.index, _const(error(denied))))
                 continue
             jobs.append((t.name, pd.index, _append(ctx, t.name, pd.index, pd.records,
-                                                   timeout)))
+                                                   timeout, header.zone)))
     results = await asyncio.gather(*(j[2] for j in jobs))
     if req.acks == 0:
         return NO_RESPONSE

@@ -46,6 +46,9 @@ class Traffic:
         self.zone = zone
         self.topics: dict[str, TopicTraffic] = {}
         self.zones: dict[ZoneKey, int] = {}
+        self.topic_zones: dict[tuple[str, str, str], int] = {}
+        """(topic, source zone, destination zone) -> record-batch bytes, client traffic:
+        what crosses zones, per topic."""
 
     def topic(self, name: str) -> TopicTraffic:
         t = self.topics.get(name)
@@ -53,11 +56,23 @@ class Traffic:
             t = self.topics[name] = TopicTraffic()
         return t
 
-    def produced(self, topic: str, data: bytes | bytearray | memoryview) -> None:
-        """A record set was appended: O(batches in it), it walks the batch headers."""
+    def produced(self, topic: str, data: bytes | bytearray | memoryview,
+                 zone: str | None = None) -> None:
+        """A record set was appended, sent from `zone` (default: this broker's): O(batches
+        in it), it walks the batch headers."""
         t = self.topic(topic)
         t.bytes_in += len(data)
         t.messages_in += record_count(data)
+        self.topic_zone(topic, zone or self.zone, self.zone, len(data))
+
+    def fetched(self, topic: str, nbytes: int, zone: str | None = None) -> None:
+        """Record bytes sent in a Fetch response to `zone` (default: this broker's)."""
+        self.topic(topic).bytes_out += nbytes
+        self.topic_zone(topic, self.zone, zone or self.zone, nbytes)
+
+    def topic_zone(self, topic: str, source: str, destination: str, nbytes: int) -> None:
+        key = (topic, source, destination)
+        self.topic_zones[key] = self.topic_zones.get(key, 0) + nbytes
 
     def add(self, key: ZoneKey, nbytes: int) -> None:
         if nbytes > 0:

@@ -103,6 +103,10 @@ def zones(traffic: Traffic, node_id: int) -> Iterator[Metric]:
                    "Kafka frame bytes by source and destination zone", [
                        "source_zone", "destination_zone", "kind", "traffic"],
                    sorted(dict(traffic.zones).items()))
+    yield labelled(CounterMetricFamily, "tidelog_topic_zone_bytes",
+                   "Record-batch bytes produced and fetched by clients, by topic and by "
+                   "source and destination zone", ["topic", "source_zone", "destination_zone"],
+                   sorted(dict(traffic.topic_zones).items()))
     yield labelled(GaugeMetricFamily, "tidelog_broker_info", "This broker's id and zone",
                    ["node_id", "zone"], [([str(node_id), traffic.zone], 1)])
 

@@ -16,6 +16,7 @@ from tidelog.tools.cluster_state import BrokerEntry, ClusterState
 from tidelog.tools.status import Scrape
 
 LEASE_METRIC = "tidelog_broker_lease_remaining_seconds"
+TOPIC_ZONE_METRIC = "tidelog_topic_zone_bytes_total"
 CONTROLLER_METRIC = "tidelog_controller"
 TIMEOUT = 5.0
 
@@ -108,8 +109,37 @@ def report(out: TextIO, state: ClusterState) -> bool:
         print(line, file=out)
     print(file=out)
     _print_view(out, [b for b in state.brokers if live[b.node_id]])
+    _print_zones(out, [sc for sc in scrapes.values() if sc is not None])
     print(f"bootstrap: {state.bootstrap}", file=out)
     return all(live.values())
+
+
+def cross_zone_by_topic(scrapes: list[Scrape]) -> dict[str, tuple[float, float]]:
+    """topic -> (client record bytes that crossed zones, all its client record bytes),
+    summed over the brokers since they started."""
+    out: dict[str, tuple[float, float]] = {}
+    for sc in scrapes:
+        for labels, v in sc.series(TOPIC_ZONE_METRIC):
+            topic = labels.get("topic", "")
+            crossed, total = out.get(topic, (0.0, 0.0))
+            cross = labels.get("source_zone") != labels.get("destination_zone")
+            out[topic] = (crossed + (v if cross else 0.0), total + v)
+    return out
+
+
+def _print_zones(out: TextIO, scrapes: list[Scrape]) -> None:
+    by_topic = cross_zone_by_topic(scrapes)
+    if not by_topic:
+        return
+    print("client record bytes by topic since the brokers started (produce and fetch):",
+          file=out)
+    rows = [["topic", "bytes", "crossing zones", "share"]]
+    for topic, (crossed, total) in sorted(by_topic.items(), key=lambda kv: -kv[1][1]):
+        rows.append([topic, f"{total:,.0f}", f"{crossed:,.0f}",
+                     f"{crossed / total:.1%}" if total else "-"])
+    for line in table(rows, "  "):
+        print(line, file=out)
+    print(file=out)
 
 
 def _try_scrape(b: BrokerEntry) -> Scrape | None:

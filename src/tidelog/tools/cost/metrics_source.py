@@ -24,9 +24,10 @@ OBJECT_REQUESTS = "tidelog_objectstore_requests_total"
 OBJECT_BYTES = "tidelog_objectstore_bytes_total"
 WAL_BYTES = "tidelog_wal_bytes_written_total"
 ZONE_BYTES = "tidelog_zone_bytes_total"
+TOPIC_ZONE_BYTES = "tidelog_topic_zone_bytes_total"
 STORED_BYTES = "tidelog_objectstore_stored_bytes"
 COUNTERS = (BYTES_IN, BYTES_OUT, MESSAGES_IN, OBJECT_REQUESTS, OBJECT_BYTES, WAL_BYTES,
-            ZONE_BYTES)
+            ZONE_BYTES, TOPIC_ZONE_BYTES)
 
 # S3 bills LIST at the PUT rate and HEAD at the GET rate; DELETE is free.
 PUT_CLASS = ("PUT", "LIST")
@@ -102,6 +103,8 @@ class RunUsage:
     wal_bytes: float = 0.0
     zone_bytes: dict[tuple[str, str, str, str], float] = field(default_factory=dict)
     """(source zone, destination zone, kind, traffic) -> bytes."""
+    topic_zone_bytes: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    """(topic, source zone, destination zone) -> client record bytes."""
     stored_bytes: float = 0.0
     """Object bytes referenced at the second scrape (a gauge)."""
     missing: tuple[str, ...] = ()
@@ -123,6 +126,14 @@ class RunUsage:
                 out[kind] = out.get(kind, 0.0) + v
         return out
 
+    def cross_zone_by_topic(self) -> dict[str, tuple[float, float]]:
+        """topic -> (record bytes that crossed zones, all its client record bytes)."""
+        out: dict[str, tuple[float, float]] = {}
+        for (topic, src, dst), v in self.topic_zone_bytes.items():
+            crossed, total = out.get(topic, (0.0, 0.0))
+            out[topic] = (crossed + (v if src != dst else 0.0), total + v)
+        return out
+
     def rate(self, total: float) -> float:
         return total / self.seconds
 
@@ -136,6 +147,8 @@ class RunUsage:
             "zone_bytes": [{"source_zone": s, "destination_zone": d, "kind": k,
                             "traffic": t, "bytes": v}
                            for (s, d, k, t), v in sorted(self.zone_bytes.items())],
+            "cross_zone_by_topic": [{"topic": t, "crossed_bytes": c, "bytes": n}
+                                    for t, (c, n) in sorted(self.cross_zone_by_topic().items())],
             "stored_bytes": self.stored_bytes, "missing_metrics": list(self.missing),
         }
 
@@ -159,13 +172,20 @@ def usage_between(before: list[Scrape], after: list[Scrape], seconds: float) -> 
             key = (lab.get("source_zone", ""), lab.get("destination_zone", ""),
                    lab.get("kind", ""), lab.get("traffic", ""))
             zone[key] = zone.get(key, 0.0) + v
+    topic_zone: dict[tuple[str, str, str], float] = {}
+    for d in deltas[TOPIC_ZONE_BYTES]:
+        for labels, v in d.items():
+            lab = dict(labels)
+            tkey = (lab.get("topic", ""), lab.get("source_zone", ""),
+                    lab.get("destination_zone", ""))
+            topic_zone[tkey] = topic_zone.get(tkey, 0.0) + v
     present = {n for s in after for n in s}
     return RunUsage(
         seconds=seconds, brokers=len(after),
         bytes_in=total(BYTES_IN), bytes_out=total(BYTES_OUT), messages_in=total(MESSAGES_IN),
         requests=_by(deltas[OBJECT_REQUESTS], "operation"),
         object_bytes=_by(deltas[OBJECT_BYTES], "operation"),
-        wal_bytes=total(WAL_BYTES), zone_bytes=zone,
+        wal_bytes=total(WAL_BYTES), zone_bytes=zone, topic_zone_bytes=topic_zone,
         stored_bytes=sum(sum(s.get(STORED_BYTES, {}).values()) for s in after),
         missing=tuple(n for n in (*COUNTERS, STORED_BYTES) if n not in present),
     )

@@ -82,6 +82,11 @@ def format_report(w: Workload | None, estimates: list[Estimate], recommended: Es
                    "to a month at the same rates")
         if usage.missing:
             out.append(f"  not exported (counted as 0): {', '.join(usage.missing)}")
+        by_topic = usage.cross_zone_by_topic()
+        if any(crossed for crossed, _ in by_topic.values()):
+            out.append("  client record bytes crossing zones, by topic: " + ", ".join(
+                f"{t} {usage.rate(c) / 2**20:.4f} MiB/s ({c / n:.0%})"
+                for t, (c, n) in sorted(by_topic.items(), key=lambda kv: -kv[1][0]) if c))
     if w is not None:
         out.append(format_workload(w, a))
     elif usage is not None:
