@@ -224,6 +224,42 @@ def test_add_broker_takes_a_share_and_remove_broker_hands_it_back(cluster: Up) -
         c.close()
 
 
+def test_status_lists_record_bytes_by_topic(cluster: Up) -> None:
+    """After a produce and a fetch, `status` lists the topic's client record bytes and the
+    share that crossed zones (none here: the clients' zone is unknown, so each broker
+    counts them in its own). After the add-broker test: its group creates __consumer_offsets,
+    whose partitions the balancer would count in the add-broker test."""
+    from confluent_kafka import Consumer, Producer
+
+    brokers = cluster.state()["brokers"]
+    bootstrap = ",".join(f"{b['host']}:{b['port']}" for b in brokers)
+    p = Producer({"bootstrap.servers": bootstrap})
+    for _ in range(100):
+        p.produce("status-bytes", value=b"x" * 100, partition=0)
+    assert p.flush(30) == 0
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "status-bytes",
+                  "auto.offset.reset": "earliest"})
+    c.subscribe(["status-bytes"])
+    got = 0
+    try:
+        for _ in range(120):
+            m = c.poll(0.5)
+            if m is not None and not m.error():
+                got += 1
+            if got == 100:
+                break
+    finally:
+        c.close()
+    assert got == 100
+    done = cli(cluster.directory, "status")
+    assert done.returncode == 0, out(done)
+    assert "client record bytes by topic" in done.stdout, out(done)
+    row = [line.split() for line in done.stdout.splitlines()
+           if line.strip().startswith("status-bytes ")]
+    assert row and row[0][2:] == ["0", "0.0%"], out(done)
+    assert int(row[0][1].replace(",", "")) >= 2 * 100 * 100, out(done)
+
+
 def test_down_stops_everything_and_keeps_data(cluster: Up) -> None:
     pids = [b["pid"] for b in cluster.state()["brokers"]]
     done = cli(cluster.directory, "down")

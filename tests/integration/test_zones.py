@@ -42,8 +42,9 @@ class ZonedCluster:
     def bootstrap(self, listener: dict[int, tuple[str, int]]) -> str:
         return ",".join(f"{h}:{p}" for h, p in listener.values())
 
-    def zone_bytes(self) -> dict[tuple[str, str, str], float]:
-        """(source zone, destination zone, kind) -> client bytes, summed over brokers."""
+    def zone_bytes(self, traffic: str = "client") -> dict[tuple[str, str, str], float]:
+        """(source zone, destination zone, kind) -> bytes of `traffic` (client or broker),
+        summed over brokers."""
         out: dict[tuple[str, str, str], float] = {}
         for b in self.cluster.brokers.values():
             for name, value in scrape(b.metrics_url).items():
@@ -51,7 +52,7 @@ class ZonedCluster:
                     continue
                 labels = dict(kv.split("=", 1) for kv in name[name.index("{") + 1:-1]
                               .split(","))
-                if labels["traffic"] != '"client"':
+                if labels["traffic"] != f'"{traffic}"':
                     continue
                 key = (labels["source_zone"].strip('"'), labels["destination_zone"].strip('"'),
                        labels["kind"].strip('"'))
@@ -216,3 +217,22 @@ def test_a_source_address_names_the_zone(zoned: ZonedCluster) -> None:
                    if k[0] == "c" and k[2] == "data")
     assert produced >= N * SIZE
     assert sum(p.sent_up for p in zoned.proxies.values()) - carried >= N * SIZE
+
+
+def test_broker_to_broker_requests_are_counted_as_broker_traffic(zoned: ZonedCluster) -> None:
+    """A transaction over partitions of every broker: its coordinator sends the others
+    WriteTxnMarkers, counted as broker traffic in the zones of both ends, control only."""
+    topic = "zoned-txn"
+    boot = zoned.cluster.bootstrap
+    create(boot, topic)
+    before = zoned.zone_bytes("broker")
+    p = Producer({"bootstrap.servers": boot, "transactional.id": "zoned-txn"})
+    p.init_transactions(30)
+    p.begin_transaction()
+    for i in range(12):
+        p.produce(topic, value=b"x", partition=i)
+    p.commit_transaction(30)
+    after = zoned.zone_bytes("broker")
+    grew = {k: v - before.get(k, 0.0) for k, v in after.items() if v > before.get(k, 0.0)}
+    assert any(src != dst and kind == "control" for src, dst, kind in grew), grew
+    assert not any(kind == "data" for _s, _d, kind in grew), grew

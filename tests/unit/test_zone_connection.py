@@ -88,3 +88,14 @@ def test_advertised_listeners_match_by_name_else_by_position() -> None:
         binds[0], Listener("b.example", 9093, "ZB")]
     assert _advertised(binds[:1], "EXTERNAL://x.example:19092") == [
         Listener("x.example", 19092, "PLAINTEXT")]
+
+
+def test_a_broker_peer_is_told_by_its_client_id_and_put_in_its_zone() -> None:
+    rules = ZoneRules.parse("ZB:b", "")
+    conn = rules.connection("ZB", "127.0.2.1")
+    learn(conn, "tidelog-broker-3", None, {3: "c"}.get)
+    assert (conn.zone, conn.how, conn.peer_broker) == ("c", "broker", 3)
+    later = rules.connection("PLAINTEXT", "127.0.0.1")
+    learn(later, "rdkafka", None, {3: "c"}.get)
+    learn(later, "tidelog-broker-3", None, {3: "c"}.get)  # only the first request names it
+    assert (later.zone, later.peer_broker) == (None, None)

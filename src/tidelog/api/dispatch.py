@@ -49,11 +49,13 @@ class Dispatcher:
         self.by_api[head.api_key] = self.by_api.get(head.api_key, 0) + 1
         if conn is None:
             conn = ClientConnection()
-        if conn.zone is None:
-            learn(conn, header.client_id, getattr(req, "rack_id", None))
+        if conn.zone is None or not conn.named:
+            learn(conn, header.client_id, getattr(req, "rack_id", None), self._broker_zone)
         zone = conn.zone or self.traffic.zone
+        kind = "client" if conn.peer_broker is None else "broker"
         self.traffic.from_client(zone, len(frame) + 4,
-                                 produce_data_bytes(req) if head.api_key == PRODUCE else 0)
+                                 produce_data_bytes(req) if head.api_key == PRODUCE else 0,
+                                 kind)
         header.client_host, header.listener, header.zone = conn.peer_host, conn.listener, conn.zone
         resp = await api.handler(self.ctx, header, req)
         if resp is NO_RESPONSE:
@@ -61,5 +63,9 @@ class Dispatcher:
         if isinstance(resp, Encoded):  # Fetch: it counted its own bytes, only it knows the data
             return resp.buffers
         out = encode_response(head.api_key, version, head.correlation_id, resp)
-        self.traffic.to_client(zone, len(out), 0)
+        self.traffic.to_client(zone, len(out), 0, kind)
         return out
+
+    def _broker_zone(self, node: int) -> str | None:
+        b = self.ctx.broker_by_id(node)
+        return (b.rack or None) if b is not None else None

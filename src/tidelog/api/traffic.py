@@ -78,13 +78,17 @@ class Traffic:
         if nbytes > 0:
             self.zones[key] = self.zones.get(key, 0) + nbytes
 
-    def from_client(self, zone: str, frame_bytes: int, data_bytes: int) -> None:
-        self.add((zone, self.zone, "data", "client"), data_bytes)
-        self.add((zone, self.zone, "control", "client"), frame_bytes - data_bytes)
+    def from_client(self, zone: str, frame_bytes: int, data_bytes: int,
+                    kind: str = "client") -> None:
+        """A request in; `kind` "broker" when another broker sent it (counted once, by
+        the broker that serves it)."""
+        self.add((zone, self.zone, "data", kind), data_bytes)
+        self.add((zone, self.zone, "control", kind), frame_bytes - data_bytes)
 
-    def to_client(self, zone: str, frame_bytes: int, data_bytes: int) -> None:
-        self.add((self.zone, zone, "data", "client"), data_bytes)
-        self.add((self.zone, zone, "control", "client"), frame_bytes - data_bytes)
+    def to_client(self, zone: str, frame_bytes: int, data_bytes: int,
+                  kind: str = "client") -> None:
+        self.add((self.zone, zone, "data", kind), data_bytes)
+        self.add((self.zone, zone, "control", kind), frame_bytes - data_bytes)
 
 
 def traffic(ctx: Context) -> Traffic:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tidelog.config import ConfigError
@@ -27,7 +28,12 @@ class ClientConnection:
     """Kafka's form, "/127.0.0.1" (DescribeGroups reports it)."""
     zone: str | None = None
     how: str = "none"
-    """How the zone was found: listener, cidr, client_id, rack, or none (yet)."""
+    """How the zone was found: listener, cidr, client_id, rack, broker, or none (yet)."""
+    peer_broker: int | None = None
+    """The node id of the broker on the other end (its client.id says so): its bytes
+    are broker traffic, in that broker's zone."""
+    named: bool = False
+    """The first request's client.id was looked at."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +63,23 @@ class ZoneRules:
         return conn
 
 
-def learn(conn: ClientConnection, client_id: str | None, rack_id: str | None) -> None:
-    """A request came on a connection whose zone is not known yet: its client.id token
-    first, else the rack it names."""
-    if conn.zone is not None:
+BROKER_CLIENT_ID = re.compile(r"tidelog-broker-(\d+)")
+"""The client.id brokers use between themselves (`net/peer.py`)."""
+
+
+def learn(conn: ClientConnection, client_id: str | None, rack_id: str | None,
+          broker_zone: Callable[[int], str | None] = lambda _n: None) -> None:
+    """A request came on `conn`: on its first, a broker peer is told by its client.id
+    (and put in that broker's zone, whatever the listener or address said); until the
+    zone is known, a client.id token, else the rack the request names."""
+    if not conn.named:
+        conn.named = True
+        peer = BROKER_CLIENT_ID.fullmatch(client_id or "")
+        if peer is not None:
+            conn.peer_broker = int(peer.group(1))
+            conn.zone, conn.how = broker_zone(conn.peer_broker), "broker"
+            return
+    if conn.zone is not None or conn.peer_broker is not None:
         return
     zone = zone_in_client_id(client_id)
     if zone is not None:
