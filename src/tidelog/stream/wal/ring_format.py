@@ -57,6 +57,8 @@ KIND_PAD = 2
 RECORD_HEADER = struct.Struct(">BIBIIQQQQQ")
 RECORD_HEADER_SIZE = RECORD_HEADER.size
 _CRC_FROM = 5
+RECORD_CRC_FROM = _CRC_FROM
+"""The record CRC covers the header from this byte on, then the payload."""
 _TAIL = struct.Struct(">BIIQQQQQ")
 
 U32_MAX = 0xFFFF_FFFF
