@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from tests.integration.cluster import Cluster, acknowledges, wait_for
@@ -120,6 +120,19 @@ class Load:
         self._thread.join(150)
 
 
+def _high_watermark(c: Consumer, topic: str, partition: int) -> int:
+    """Retried while the partition changes owner (a balancer move after the restarts)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return int(c.get_watermark_offsets(TopicPartition(topic, partition),
+                                               timeout=10)[1])
+        except KafkaException as exc:
+            if not exc.args[0].retriable() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def read_all(bootstrap: str, topic: str,
              offsets: dict[int, list[int]] | None = None) -> dict[int, list[int]]:
     """Every record of every partition, up to the high watermarks read first (a count
@@ -127,8 +140,7 @@ def read_all(bootstrap: str, topic: str,
     gets each record's offset, in the same order."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in range(PARTITIONS)}
+    ends = {p: _high_watermark(c, topic, p) for p in range(PARTITIONS)}
     c.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
     out: dict[int, list[int]] = {}
     done = {p for p, end in ends.items() if end == 0}
