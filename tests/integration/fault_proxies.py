@@ -6,15 +6,15 @@ that heals does (bytes in flight wait, then flow on; nothing is refused)."""
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import random
-import socket
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
+
+from tests.integration.link_proxy import LinkProxy
 
 _HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "proxy-connection",
                   "te", "trailer", "upgrade", "content-length"})
@@ -151,65 +151,14 @@ def _answer(h: BaseHTTPRequestHandler, status: int, headers: list[tuple[str, str
         h.close_connection = True  # the broker is gone (killed by a hook)
 
 
-class TcpStallProxy:
+class TcpStallProxy(LinkProxy):
     """A TCP proxy to 127.0.0.1:`upstream_port`. `stall()` holds every byte in both
     directions (new connections are accepted and held too) until `flow()`."""
 
     def __init__(self, upstream_port: int) -> None:
+        super().__init__(("127.0.0.1", 0), ("127.0.0.1", upstream_port))
         self.upstream_port = upstream_port
-        self._flowing = threading.Event()
-        self._flowing.set()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._closed = False
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
 
     @property
     def port(self) -> int:
-        return int(self._listener.getsockname()[1])
-
-    def stall(self) -> None:
-        self._flowing.clear()
-
-    def flow(self) -> None:
-        self._flowing.set()
-
-    def stop(self) -> None:
-        self._closed = True
-        self._flowing.set()
-        self._listener.close()
-        with self._lock:
-            for s in self._sockets:
-                s.close()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _addr = self._listener.accept()
-            except OSError:
-                return
-            try:
-                server = socket.create_connection(("127.0.0.1", self.upstream_port))
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._sockets += [client, server]
-            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while True:
-                data = src.recv(65536)
-                self._flowing.wait()
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
+        return self.address[1]

@@ -1,7 +1,8 @@
 """A link between two emulated zones on one machine: a TCP proxy that listens on one
 loopback alias, connects upstream from another (so the broker sees a source address of
-the client's zone), delays every byte by a fixed time each way and counts what it
-carries. Only 127.0.0.0/8 (no netem here, and nothing may leave the machine)."""
+the client's zone), delays every byte by a fixed time each way, counts what it carries,
+and can hold everything (`stall()` until `flow()`: a network partition). Only
+127.0.0.0/8 (no netem here, and nothing may leave the machine)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ class LinkProxy:
         self.sent_down = 0
         """Bytes carried back (broker -> client)."""
         self.connections = 0
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._lock = threading.Lock()
         self._closed = False
         self._sockets: list[socket.socket] = []
@@ -47,8 +50,16 @@ class LinkProxy:
         host, port = self._listener.getsockname()[:2]
         return str(host), int(port)
 
+    def stall(self) -> None:
+        """Hold every byte, both ways, on every connection (new ones too) until `flow()`."""
+        self._flowing.clear()
+
+    def flow(self) -> None:
+        self._flowing.set()
+
     def stop(self) -> None:
         self._closed = True
+        self._flowing.set()
         self._listener.close()
         with self._lock:
             for s in self._sockets:
@@ -87,6 +98,7 @@ class LinkProxy:
             try:
                 while data := src.recv(65536):
                     self._count(up, len(data))
+                    self._flowing.wait()
                     dst.sendall(data)
             except OSError:
                 pass
@@ -113,6 +125,7 @@ class LinkProxy:
                 wait = due - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)  # the emulated link's one-way delay
+                self._flowing.wait()
                 dst.sendall(data)
         except OSError:
             pass

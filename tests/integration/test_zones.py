@@ -19,7 +19,6 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from tests.integration.cluster import Cluster
 from tests.integration.link_proxy import LinkProxy, free_port
-from tests.integration.test_metrics import scrape
 from tidelog.tools.cluster_status import cross_zone_by_topic
 from tidelog.tools.local_postgres import LocalPostgres
 from tidelog.tools.status import scrape as status_scrape
@@ -47,27 +46,18 @@ class ZonedCluster:
         summed over brokers."""
         out: dict[tuple[str, str, str], float] = {}
         for b in self.cluster.brokers.values():
-            for name, value in scrape(b.metrics_url).items():
-                if not name.startswith("tidelog_zone_bytes_total{"):
-                    continue
-                labels = dict(kv.split("=", 1) for kv in name[name.index("{") + 1:-1]
-                              .split(","))
-                if labels["traffic"] != f'"{traffic}"':
-                    continue
-                key = (labels["source_zone"].strip('"'), labels["destination_zone"].strip('"'),
-                       labels["kind"].strip('"'))
+            for labels, value in status_scrape(b.metrics_url).series(
+                    "tidelog_zone_bytes_total", traffic=traffic):
+                key = (labels["source_zone"], labels["destination_zone"], labels["kind"])
                 out[key] = out.get(key, 0.0) + value
         return out
 
     def connections(self) -> dict[tuple[str, str], float]:
         out: dict[tuple[str, str], float] = {}
         for b in self.cluster.brokers.values():
-            for name, value in scrape(b.metrics_url).items():
-                if name.startswith("tidelog_connections{"):
-                    labels = dict(kv.split("=", 1) for kv in name[name.index("{") + 1:-1]
-                                  .split(","))
-                    key = (labels["zone"].strip('"'), labels["how"].strip('"'))
-                    out[key] = out.get(key, 0.0) + value
+            for labels, value in status_scrape(b.metrics_url).series("tidelog_connections"):
+                key = (labels["zone"], labels["how"])
+                out[key] = out.get(key, 0.0) + value
         return out
 
 

@@ -53,10 +53,9 @@ async def handle_metadata(ctx: Context, header: RequestHeader, req: Any) -> Any:
     by name; a topic is auto-created only for a client that may CREATE it."""
     mod = response_module(METADATA, header.api_version)
     live_brokers = ctx.live_brokers()
-    brokers = tuple(make(mod.MetadataResponseBroker, node_id=b.node_id,
-                         host=b.endpoint(header.listener)[0],
-                         port=b.endpoint(header.listener)[1], rack=b.rack)
-                    for b in live_brokers)
+    brokers = tuple(make(mod.MetadataResponseBroker, node_id=b.node_id, host=host, port=port,
+                         rack=b.rack)
+                    for b in live_brokers for host, port in (b.endpoint(header.listener),))
     live = {b.node_id for b in live_brokers}
     with_ops = getattr(req, "include_topic_authorized_operations", False)
 
@@ -114,11 +113,10 @@ async def handle_describe_cluster(ctx: Context, header: RequestHeader, req: Any)
     return make(mod.DescribeClusterResponse, throttle_time=timedelta(0), error_code=NONE,
                 error_message=None, endpoint_type=1, cluster_id=ctx.config.cluster_id,
                 controller_id=ctx.controller_id(),
-                brokers=tuple(make(mod.DescribeClusterBroker, broker_id=b.node_id,
-                                   host=b.endpoint(header.listener)[0],
-                                   port=b.endpoint(header.listener)[1], rack=b.rack,
-                                   is_fenced=False)
-                              for b in ctx.live_brokers()),
+                brokers=tuple(make(mod.DescribeClusterBroker, broker_id=b.node_id, host=host,
+                                   port=port, rack=b.rack, is_fenced=False)
+                              for b in ctx.live_brokers()
+                              for host, port in (b.endpoint(header.listener),)),
                 cluster_authorized_operations=(
                     ctx.operations(header, ResourceType.CLUSTER, CLUSTER_NAME)
                     if req.include_cluster_authorized_operations else NO_OPERATIONS))

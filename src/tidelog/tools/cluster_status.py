@@ -13,10 +13,11 @@ from typing import TextIO
 
 from tidelog.tools.cluster_procs import alive
 from tidelog.tools.cluster_state import BrokerEntry, ClusterState
+from tidelog.tools.cost.metrics_source import TOPIC_ZONE_BYTES as TOPIC_ZONE_METRIC
+from tidelog.tools.cost.metrics_source import cross_zone_by_topic as by_topic
 from tidelog.tools.status import Scrape
 
 LEASE_METRIC = "tidelog_broker_lease_remaining_seconds"
-TOPIC_ZONE_METRIC = "tidelog_topic_zone_bytes_total"
 CONTROLLER_METRIC = "tidelog_controller"
 TIMEOUT = 5.0
 
@@ -117,14 +118,9 @@ def report(out: TextIO, state: ClusterState) -> bool:
 def cross_zone_by_topic(scrapes: list[Scrape]) -> dict[str, tuple[float, float]]:
     """topic -> (client record bytes that crossed zones, all its client record bytes),
     summed over the brokers since they started."""
-    out: dict[str, tuple[float, float]] = {}
-    for sc in scrapes:
-        for labels, v in sc.series(TOPIC_ZONE_METRIC):
-            topic = labels.get("topic", "")
-            crossed, total = out.get(topic, (0.0, 0.0))
-            cross = labels.get("source_zone") != labels.get("destination_zone")
-            out[topic] = (crossed + (v if cross else 0.0), total + v)
-    return out
+    return by_topic((labels.get("topic", ""), labels.get("source_zone", ""),
+                     labels.get("destination_zone", ""), v)
+                    for sc in scrapes for labels, v in sc.series(TOPIC_ZONE_METRIC))
 
 
 def _print_zones(out: TextIO, scrapes: list[Scrape]) -> None:

@@ -128,11 +128,8 @@ class RunUsage:
 
     def cross_zone_by_topic(self) -> dict[str, tuple[float, float]]:
         """topic -> (record bytes that crossed zones, all its client record bytes)."""
-        out: dict[str, tuple[float, float]] = {}
-        for (topic, src, dst), v in self.topic_zone_bytes.items():
-            crossed, total = out.get(topic, (0.0, 0.0))
-            out[topic] = (crossed + (v if src != dst else 0.0), total + v)
-        return out
+        return cross_zone_by_topic((t, src, dst, v)
+                                   for (t, src, dst), v in self.topic_zone_bytes.items())
 
     def rate(self, total: float) -> float:
         return total / self.seconds
@@ -151,6 +148,17 @@ class RunUsage:
                                     for t, (c, n) in sorted(self.cross_zone_by_topic().items())],
             "stored_bytes": self.stored_bytes, "missing_metrics": list(self.missing),
         }
+
+
+def cross_zone_by_topic(rows: Iterable[tuple[str, str, str, float]]
+                        ) -> dict[str, tuple[float, float]]:
+    """(topic, source zone, destination zone, bytes) rows of `tidelog_topic_zone_bytes` ->
+    topic -> (bytes that crossed zones, all its bytes)."""
+    out: dict[str, tuple[float, float]] = {}
+    for topic, src, dst, v in rows:
+        crossed, total = out.get(topic, (0.0, 0.0))
+        out[topic] = (crossed + (v if src != dst else 0.0), total + v)
+    return out
 
 
 def usage_between(before: list[Scrape], after: list[Scrape], seconds: float) -> RunUsage:
