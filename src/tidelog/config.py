@@ -15,6 +15,7 @@ DEFAULTS: dict[str, str] = {
     "broker.rack": "",
     "listener.zones": "",
     "zone.cidr.blocks": "",
+    "zone.fetch.enable": "true",
     "cluster.id": "tidelog-cluster",
     "data.dir": "./data",
     "wal.uri": "file://./data/wal",

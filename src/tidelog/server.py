@@ -7,7 +7,7 @@ import asyncio
 import logging
 import os
 import signal
-from urllib.parse import urlparse, urlunparse
+from urllib.parse import parse_qsl, urlparse, urlsplit, urlunparse
 
 from tidelog.api.authorizer import Authorizer, parse_super_users
 from tidelog.api.base import BrokerConfig, BrokerInfo, ClusterView, Context
@@ -40,8 +40,9 @@ from tidelog.partition.topics import TopicManager
 from tidelog.stream.engine import EngineConfig, StreamEngine
 from tidelog.stream.object_compaction import CompactionConfig
 from tidelog.stream.wal.base import WAL
-from tidelog.stream.wal.uri import OBJECT_WAL_SCHEMES, open_wal
+from tidelog.stream.wal.uri import OBJECT_WAL_SCHEMES, open_wal, parse_bool, ring_file_path
 from tidelog.zone.connection import ZoneRules
+from tidelog.zone.remote_fetch import RemoteFetch
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ class Broker:
         self.membership: Membership | None = None
         self.election: ControllerElection | None = None
         self.takeovers: Takeovers | None = None
+        self.remote_fetch: RemoteFetch | None = None
         self.balancer: Balancer | None = None
         self.peers: PeerClient | None = None
         self.authorizer: Authorizer | None = None
@@ -247,6 +249,9 @@ class Broker:
                                           parts)
 
             self.transactions.remote_markers = remote
+            remote_fetch = self._remote_fetch(peers, own_wal)
+        else:
+            remote_fetch = None
         await self.coordinator.start(create=not cluster)
         await self.transactions.start(create=not cluster)
         broker_cfg = BrokerConfig(
@@ -263,7 +268,7 @@ class Broker:
         self.authorizer = authorizer
         ctx = Context(info, self.topics, self.coordinator, broker_cfg,
                       transactions=self.transactions, authorizer=authorizer,
-                      cluster=self._cluster_view())
+                      cluster=self._cluster_view(), remote_fetch=remote_fetch)
         self.dispatcher = Dispatcher(ctx)
         self.request_metrics = RequestMetrics() if metrics_at is not None else None
         self.listeners = [KafkaListener(self.dispatcher, bind.host, bind.port,
@@ -300,6 +305,24 @@ class Broker:
             return []
         return place(count, sorted(others, key=lambda b: b.node_id), self.topics.owned_by())
 
+    def _remote_fetch(self, peers: PeerClient, own_wal: str) -> RemoteFetch | None:
+        """Zoned fetches through a same-zone broker (docs/design/0003-zones.md), when
+        `zone.fetch.enable` and this broker's WAL is a file the others can read."""
+        assert self.engine is not None and self.takeovers is not None
+        own_path = ring_file_path(own_wal)
+        if not self.config.get_bool("zone.fetch.enable") or own_path is None:
+            return None
+        takeovers = self.takeovers
+
+        def wal_path(node: int) -> str | None:
+            rec = takeovers.wals.get(node)
+            return None if rec is None else ring_file_path(rec.uri)
+
+        direct = parse_bool(dict(parse_qsl(urlsplit(own_wal).query)).get("direct", "false"))
+        self.remote_fetch = RemoteFetch(self.engine, peers.call, wal_path, own_path,
+                                        direct=direct)
+        return self.remote_fetch
+
     def _cluster_view(self) -> ClusterView | None:
         membership, election = self.membership, self.election
         if membership is None or election is None:
@@ -333,6 +356,8 @@ class Broker:
                 log.warning("producer state snapshot failed: %r", exc)
         if self.peers is not None:
             await self.peers.close()
+        if self.remote_fetch is not None:
+            self.remote_fetch.close()
         if self.authorizer is not None:
             await self.authorizer.close()
         if self.takeovers is not None:

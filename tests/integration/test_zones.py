@@ -3,8 +3,8 @@
 zones a, b, c on one machine: a listener per zone on its own loopback alias
 (127.0.<zone>.<node>), a source-address zone (127.0.3.x, reached through link proxies
 that connect from 127.0.3.200), and client.id tokens and client.rack on the plain
-listener. Every client byte is counted by its zone; the cross-zone share printed here is
-the Kafka-like figure zone routing (slice 2) will remove."""
+listener. Every client byte is counted by its zone. Zone b's consumers fetch every
+partition from zone b's broker (slice 3); produce is not routed yet (slice 2)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,24 @@ class ZonedCluster:
                 key = (labels["source_zone"], labels["destination_zone"], labels["kind"])
                 out[key] = out.get(key, 0.0) + value
         return out
+
+    def zone_fetch_reads(self) -> dict[str, float]:
+        """Record bytes brokers read for their zone's clients from other zones'
+        partitions, by source (wal, objects), summed over brokers."""
+        out: dict[str, float] = {}
+        for b in self.cluster.brokers.values():
+            for labels, value in status_scrape(b.metrics_url).series(
+                    "tidelog_zone_fetch_reads_total"):
+                out[labels["source"]] = out.get(labels["source"], 0.0) + value
+        return out
+
+    def wait_uploaded(self, timeout: float = 30.0) -> None:
+        """Until no broker's log cache holds anything (all of it is in objects)."""
+        deadline = time.monotonic() + timeout
+        while any(status_scrape(b.metrics_url).value("tidelog_log_cache_bytes") > 0
+                  for b in self.cluster.brokers.values()):
+            assert time.monotonic() < deadline, "the log caches did not drain"
+            time.sleep(0.2)
 
     def connections(self) -> dict[tuple[str, str], float]:
         out: dict[tuple[str, str], float] = {}
@@ -137,8 +155,9 @@ def test_each_listener_answers_with_its_own_addresses(zoned: ZonedCluster) -> No
 
 def test_a_zone_listeners_clients_are_counted_in_its_zone(zoned: ZonedCluster) -> None:
     """A producer and a consumer on zone b's listener: their record bytes are counted from
-    and to zone b; without zone routing two thirds of them cross zones (the brokers of a
-    and c own two thirds of the partitions), as with Kafka."""
+    and to zone b. Produce is not routed yet: two thirds of it crosses zones (the brokers
+    of a and c own two thirds of the partitions), as with Kafka; the consumer fetches
+    everything from zone b's broker (KIP-392), so none of what it reads does."""
     topic = "zoned-b"
     boot = zoned.bootstrap(zoned.zb)
     create(boot, topic)
@@ -147,24 +166,140 @@ def test_a_zone_listeners_clients_are_counted_in_its_zone(zoned: ZonedCluster) -
     assert consume(boot, topic) == N
     after = zoned.zone_bytes()
     delta = {k: v - before.get(k, 0.0) for k, v in after.items() if v > before.get(k, 0.0)}
-    produced = sum(v for (src, _d, kind), v in delta.items() if src == "b" and kind == "data")
-    fetched = sum(v for (_s, dst, kind), v in delta.items() if dst == "b" and kind == "data")
-    assert produced >= N * SIZE and fetched >= N * SIZE
-    crossing = sum(v for (src, dst, kind), v in delta.items()
-                   if kind == "data" and src != dst and "b" in (src, dst))
-    total = sum(v for (src, dst, kind), v in delta.items() if kind == "data" and "b" in (src, dst))
-    share = crossing / total
-    print(f"\nzone b's clients, no zone routing: {share:.1%} of their record bytes cross "
-          f"zones ({crossing:.0f} of {total:.0f})")
-    assert 0.4 < share < 0.9  # 8 of 12 partitions live in other zones
+    data = {(src, dst): v for (src, dst, kind), v in delta.items() if kind == "data"}
+    # zone b's broker answers every fetch: b -> b holds its produce and all the fetches
+    assert data.get(("b", "b"), 0.0) >= N * SIZE * (4 + 12) / 12
+    produced_out = sum(v for (src, dst), v in data.items() if src == "b" and dst != "b")
+    fetched_in = sum(v for (src, dst), v in data.items() if dst == "b" and src != "b")
+    share = produced_out / (2 * N * SIZE)
+    print(f"\nzone b's clients, produce not routed, fetch routed: {share:.1%} of their "
+          f"record bytes cross zones ({produced_out / (N * SIZE):.1%} of produced, "
+          f"{fetched_in / (N * SIZE):.1%} of fetched)")
+    assert 0.4 < produced_out / (N * SIZE) < 0.9  # 8 of 12 partitions live in other zones
+    assert fetched_in == 0
     # per topic, as `tidelog cluster status` shows it
     crossed, total = cross_zone_by_topic(
         [status_scrape(b.metrics_url) for b in zoned.cluster.brokers.values()])[topic]
-    assert total >= 2 * N * SIZE and abs(crossed / total - share) < 0.05
+    assert total >= 2 * N * SIZE and abs(crossed / total - share) < 0.05, (crossed, total)
     p = Producer({"bootstrap.servers": boot})
     p.produce(topic, value=b"open")
     assert p.flush(30) == 0
     assert zoned.connections().get(("b", "listener"), 0) >= 1  # the producer's, open
+
+
+def test_a_zone_fetches_other_zones_partitions_from_its_own_broker(
+        zoned: ZonedCluster) -> None:
+    """Zone b's consumers read all 12 partitions from zone b's broker: the owners (in a
+    and c) name it as the preferred read replica, and it reads what they have not
+    uploaded from their WALs on the shared volume, the rest from objects. Every record
+    arrives once and in order; no record byte reaches zone b from another zone; the
+    brokers exchange only control bytes. read_committed hides an aborted transaction
+    through it as from the owner."""
+    topic = "zoned-fetch"
+    create(zoned.cluster.bootstrap, topic)
+    boot = zoned.bootstrap(zoned.zb)
+    before, reads_before = zoned.zone_bytes(), zoned.zone_fetch_reads()
+    broker_before = zoned.zone_bytes("broker")
+    tail = TailingConsumer(boot, topic)
+    try:
+        started = time.monotonic()
+        produce(zoned.cluster.bootstrap, topic)  # the plain listener: no zone
+        got = tail.until(N)
+        print(f"\nzone b tails {N} records produced through the owners: all in "
+              f"{time.monotonic() - started:.2f}s")
+    finally:
+        tail.close()
+    check_once_in_order(got)
+    after, reads = zoned.zone_bytes(), zoned.zone_fetch_reads()
+    into_b = {k: v - before.get(k, 0.0) for k, v in after.items()
+              if k[1] == "b" and k[2] == "data" and v > before.get(k, 0.0)}
+    assert set(into_b) == {("b", "b", "data")}, into_b
+    assert into_b[("b", "b", "data")] >= N * SIZE
+    proxied = sum(reads.get(k, 0.0) - reads_before.get(k, 0.0) for k in reads)
+    assert proxied >= N * SIZE * 8 / 12 * 0.9, reads  # 8 of 12 partitions owned elsewhere
+    broker = {k: v - broker_before.get(k, 0.0) for k, v in zoned.zone_bytes("broker").items()
+              if v > broker_before.get(k, 0.0)}
+    assert not any(kind == "data" for _s, _d, kind in broker), broker
+    assert any(src != dst for src, dst, _k in broker), broker  # the TailIndex long polls
+
+    # later, from the start: what the owners uploaded meanwhile comes from objects
+    zoned.wait_uploaded()
+    objects_before = zoned.zone_fetch_reads().get("objects", 0.0)
+    again = TailingConsumer(boot, topic)
+    try:
+        check_once_in_order(again.until(N))
+    finally:
+        again.close()
+    assert zoned.zone_fetch_reads().get("objects", 0.0) - objects_before >= N * SIZE * 0.5
+
+
+def test_read_committed_through_a_zone_broker(zoned: ZonedCluster) -> None:
+    """Transactions over all 12 partitions, one of them aborted: a read_committed consumer
+    of zone b sees exactly the committed records, 8 partitions' worth of them through
+    zone b's broker."""
+    topic = "zoned-fetch-txn"
+    create(zoned.cluster.bootstrap, topic)
+    p = Producer({"bootstrap.servers": zoned.cluster.bootstrap,
+                  "transactional.id": "zoned-fetch-txn"})
+    p.init_transactions(30)
+    for t, outcome in enumerate(("commit", "abort", "commit")):
+        p.begin_transaction()
+        for i in range(120):
+            p.produce(topic, value=b"%d-%03d" % (t, i), partition=i % 12)
+        p.flush(30)
+        (p.commit_transaction if outcome == "commit" else p.abort_transaction)(30)
+    reads_before = sum(zoned.zone_fetch_reads().values())
+    tail = TailingConsumer(zoned.bootstrap(zoned.zb), topic, isolation="read_committed")
+    try:
+        got = tail.until(240)
+        assert tail.more(1.0) == []  # nothing of the aborted one follows
+    finally:
+        tail.close()
+    values = sorted(v for _p, _o, v in got)
+    assert values == sorted([b"0-%03d" % i for i in range(120)]
+                            + [b"2-%03d" % i for i in range(120)])
+    assert sum(zoned.zone_fetch_reads().values()) > reads_before
+
+
+class TailingConsumer:
+    """A zoned consumer group member reading from the start, its records kept."""
+
+    def __init__(self, bootstrap: str, topic: str, isolation: str = "read_uncommitted"
+                 ) -> None:
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
+                                  "auto.offset.reset": "earliest",
+                                  "isolation.level": isolation})
+        self.consumer.subscribe([topic])
+        self.records: list[tuple[int, int, bytes]] = []
+
+    def until(self, count: int, timeout: float = 60.0) -> list[tuple[int, int, bytes]]:
+        deadline = time.monotonic() + timeout
+        while len(self.records) < count and time.monotonic() < deadline:
+            self.more(0.5)
+        assert len(self.records) >= count, f"{len(self.records)} of {count} records"
+        return self.records
+
+    def more(self, wait: float) -> list[tuple[int, int, bytes]]:
+        new = []
+        for m in self.consumer.consume(500, wait):
+            if m.error() is None:
+                new.append((m.partition(), m.offset(), m.value()))
+        self.records += new
+        return new
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def check_once_in_order(got: list[tuple[int, int, bytes]]) -> None:
+    """`produce`'s records, each once, every partition's in order and gapless."""
+    assert sorted(int(v[:6]) for _p, _o, v in got) == list(range(N))
+    by_partition: dict[int, list[tuple[int, int]]] = {}
+    for partition, offset, value in got:
+        by_partition.setdefault(partition, []).append((offset, int(value[:6])))
+    for partition, seq in by_partition.items():
+        assert [o for o, _v in seq] == list(range(len(seq))), partition
+        assert [v for _o, v in seq] == sorted(v for _o, v in seq), partition
 
 
 def test_client_id_tokens_and_client_rack_name_the_zone(zoned: ZonedCluster) -> None:

@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 from tidelog.stream.wal.file_wal import FileWAL
-from tidelog.stream.wal.ring_read import RingRecordReader, record_start
+from tidelog.stream.wal.ring_format import RECORD_HEADER_SIZE
+from tidelog.stream.wal.ring_read import RingRecordReader
+
+
+def record_start(next_position: int, length: int) -> int:
+    return next_position - RECORD_HEADER_SIZE - length
 
 
 async def test_records_are_read_back_at_their_positions(tmp_path: Path) -> None:
@@ -24,6 +29,11 @@ async def test_records_are_read_back_at_their_positions(tmp_path: Path) -> None:
             assert (rec.stream_id, rec.stream_epoch, rec.base_offset, rec.last_offset) == (
                 7, 3, i * 10, i * 10 + 9)
             assert rec.payload == bytes([i]) * (100 + i) and rec.next_position == end
+        assert wal.record_start(ends[5], 105) == record_start(ends[5], 105)
+        at = record_start(ends[4], 104)
+        assert reader.read(at, (7, 40, 49, 104)) is not None
+        for wrong in ((8, 40, 49, 104), (7, 41, 49, 104), (7, 40, 48, 104), (7, 40, 49, 10)):
+            assert reader.read(at, wrong) is None  # names another record
         assert reader.read(record_start(ends[3], 103) + 1) is None  # not a record start
         assert reader.read(ends[-1]) is None  # not written yet
         assert reader.read(-1) is None

@@ -20,6 +20,7 @@ from tidelog.coordinator.coordinator import GroupCoordinator
 from tidelog.coordinator.transactions import TransactionCoordinator
 from tidelog.partition.topics import TopicManager
 from tidelog.protocol.codec import RequestHeader
+from tidelog.zone.remote_fetch import RemoteFetch
 
 
 @dataclass(slots=True)
@@ -66,6 +67,10 @@ class Context:
     authorizer: Authorizer = field(default_factory=Authorizer)
     extras: dict[str, Any] = field(default_factory=dict)
     cluster: ClusterView | None = None
+    remote_fetch: RemoteFetch | None = None
+    """Zoned fetches through a same-zone broker (docs/design/0003-zones.md): set, this
+    broker serves a zoned client's fetch of a partition owned in another zone, and as an
+    owner names a broker of the client's zone as the preferred read replica (KIP-392)."""
 
     def live_brokers(self) -> list[BrokerInfo]:
         """Every live broker, sorted by node id (this one alone without a cluster)."""

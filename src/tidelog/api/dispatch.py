@@ -7,9 +7,17 @@ import logging
 from tidelog.api.api_versions import API_VERSIONS, api_versions_response
 from tidelog.api.base import Context, Encoded
 from tidelog.api.produce import NO_RESPONSE, PRODUCE
-from tidelog.api.registry import ALL, BY_KEY
+from tidelog.api.registry import ALL, BY_KEY, PRIVATE
 from tidelog.api.traffic import produce_data_bytes, traffic
-from tidelog.protocol.codec import decode_request, encode_response, peek_header
+from tidelog.protocol.codec import (
+    PRIVATE_API_KEYS,
+    FrameError,
+    decode_request,
+    encode_private_response,
+    encode_response,
+    peek_header,
+    private_request,
+)
 from tidelog.zone.connection import ClientConnection, learn
 
 log = logging.getLogger(__name__)
@@ -30,6 +38,8 @@ class Dispatcher:
         self, frame: bytes, conn: ClientConnection | None = None
     ) -> bytes | list[bytes | bytearray | memoryview] | None:
         head = peek_header(frame)
+        if head.api_key in PRIVATE_API_KEYS:
+            return await self._private(frame, conn or ClientConnection())
         api = BY_KEY.get(head.api_key)
         if api is None:
             raise ProtocolViolation(f"unknown api key {head.api_key}")
@@ -64,6 +74,32 @@ class Dispatcher:
             return resp.buffers
         out = encode_response(head.api_key, version, head.correlation_id, resp)
         self.traffic.to_client(zone, len(out), 0, kind)
+        return out
+
+    async def _private(self, frame: bytes, conn: ClientConnection) -> bytes:
+        """A Tidelog inter-broker request: served only to another broker (what its
+        client.id says; issue 23 makes that its principal)."""
+        try:
+            header, body = private_request(frame)
+        except FrameError as exc:
+            raise ProtocolViolation(f"malformed private request: {exc}") from exc
+        if conn.zone is None or not conn.named:
+            learn(conn, header.client_id, None, self._broker_zone)
+        api = PRIVATE.get(header.api_key)
+        if conn.peer_broker is None or api is None or header.api_version != 0:
+            why = "not a broker" if conn.peer_broker is None else "unknown"
+            raise ProtocolViolation(f"private api key {header.api_key} "
+                                    f"v{header.api_version} from {header.client_id!r}: {why}")
+        self.by_api[header.api_key] = self.by_api.get(header.api_key, 0) + 1
+        zone = conn.zone or self.traffic.zone
+        self.traffic.from_client(zone, len(frame) + 4, 0, "broker")
+        header.client_host, header.listener, header.zone = conn.peer_host, conn.listener, zone
+        try:
+            answer = await api(self.ctx, header, body)
+        except ValueError as exc:  # the body does not parse
+            raise ProtocolViolation(f"private api key {header.api_key}: {exc}") from exc
+        out = encode_private_response(header.correlation_id, answer)
+        self.traffic.to_client(zone, len(out), 0, "broker")
         return out
 
     def _broker_zone(self, node: int) -> str | None:

@@ -25,6 +25,7 @@ from tidelog.api.traffic import frame_bytes, traffic
 from tidelog.partition.partition import Partition
 from tidelog.protocol.codec import RequestHeader
 from tidelog.protocol.fetch_encoder import PartitionOut, TopicOut, encode_fetch_response
+from tidelog.zone.tail_wire import TailPart
 
 log = logging.getLogger(__name__)
 FETCH = 1
@@ -111,13 +112,27 @@ async def handle_fetch(ctx: Context, header: RequestHeader, req: Any) -> Any:
     if not ctx.authorizer.allows_all:
         denied = {name for name in {k[0] for k in wanted}
                   if not ctx.allowed(header, Operation.READ, ResourceType.TOPIC, name)}
+    redirect = _redirect(ctx, header)
     while True:
-        results = await _read_all(ctx, wanted, max_bytes, committed, denied)
+        local, remote = _split(ctx, header, wanted, denied)
+        reads = await _read_all(ctx, local, committed, denied, redirect)
+        remaining = deadline - time.monotonic()
+        if remote:
+            enough = (sum(r.size for r in reads.values()) >= min_bytes
+                      or any(r.code != NONE for r in reads.values()))
+            got = await _read_remote(ctx, remote, committed,
+                                     0.0 if enough or remaining <= 0 else remaining, local)
+            if got is None:
+                continue  # data arrived here first: read it, and the others without waiting
+            reads.update(got)
+        results = _limit({k: reads[k] for k in wanted}, max_bytes)
         total = sum(r.size for r in results.values())
         has_error = any(r.code != NONE for r in results.values())
         remaining = deadline - time.monotonic()
         if total >= min_bytes or has_error or remaining <= 0 or not wanted:
             break
+        if remote:
+            continue  # their owners' long poll ended empty; the deadline is near
         arrived: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for key in wanted:
             if (p := ctx.topics.partition(*key)) is not None:
@@ -140,7 +155,7 @@ async def handle_fetch(ctx: Context, header: RequestHeader, req: Any) -> Any:
             t = ctx.topics.get(key[0])
             out = by_topic[key[0]] = TopicOut(key[0], t.topic_id if t else None)
         out.partitions.append(PartitionOut(key[1], r.code.value, r.hw, r.lso, r.start, r.bufs,
-                                           r.aborted))
+                                           r.aborted, r.preferred))
     topics = list(by_topic.values())
     for topic_id, index in unknown:
         topics.append(TopicOut("", topic_id, [PartitionOut(
@@ -168,17 +183,22 @@ class Read:
     bufs: list[Any]
     size: int = 0
     aborted: list[tuple[int, int]] | None = None
+    preferred: int = -1
+    """KIP-392: the broker the client should fetch this partition from instead."""
 
 
 async def _read_all(
-    ctx: Context, wanted: dict[PartitionKey, SessionPartition], max_bytes: int,
-    committed: bool, denied: set[str],
+    ctx: Context, wanted: dict[PartitionKey, SessionPartition], committed: bool,
+    denied: set[str], redirect: list[int] | None = None,
 ) -> dict[PartitionKey, Read]:
-    """Read every partition; the response size limit is applied in order.
+    """Read every partition owned here (or answer why not).
 
     A fetch names every assigned partition (librdkafka has no incremental sessions), most
     with nothing new: those are answered without a coroutine, data in the log cache is
-    read inline, and only reads that need object storage run concurrently."""
+    read inline, and only reads that need object storage run concurrently. With
+    `redirect` (the brokers of the client's zone), each partition names one of them as
+    the preferred read replica instead: by stream id, so the zone's brokers share the
+    streams, and every owner picks the same one for a stream."""
     keys = list(wanted)
     reads: list[Read] = []
     slow: list[tuple[int, Partition, SessionPartition, int, list[tuple[int, int]] | None]] = []
@@ -188,8 +208,11 @@ async def _read_all(
             continue
         p = ctx.topics.partition(*k)
         sp = wanted[k]
-        r = (_answer_without_data(p, sp, committed) if p is not None else
+        r = (answer_without_data(p, sp, committed) if p is not None else
              Read(error(ctx.topics.missing(*k)), -1, -1, -1, []))
+        if p is not None and redirect is not None and (r is None or r.code == NONE):
+            r = Read(NONE, p.high_watermark, p.last_stable_offset, p.log_start_offset, [],
+                     preferred=redirect[p.stream.stream_id % len(redirect)])
         if r is None:
             assert p is not None
             end = p.last_stable_offset if committed else p.high_watermark
@@ -204,10 +227,16 @@ async def _read_all(
         done = await asyncio.gather(*(_read_one(p, sp, end, ab) for _, p, sp, end, ab in slow))
         for (i, *_rest), r in zip(slow, done, strict=True):
             reads[i] = r
-    out: dict[PartitionKey, Read] = {}
+    for r in reads:
+        r.size = sum(len(b) for b in r.bufs)
+    return dict(zip(keys, reads, strict=True))
+
+
+def _limit(reads: dict[PartitionKey, Read], max_bytes: int) -> dict[PartitionKey, Read]:
+    """The response size limit, applied in the request's order."""
     budget = max_bytes
     any_taken = False  # the first batch of a response goes out whatever its size (KIP-74)
-    for k, r in zip(keys, reads, strict=True):
+    for r in reads.values():
         if r.bufs:
             taken: list[Any] = []
             n = 0
@@ -219,11 +248,92 @@ async def _read_all(
                 budget -= len(b)
                 any_taken = True
             r.bufs, r.size = taken, n
-        out[k] = r
+    return reads
+
+
+# ---- zones: fetch through a same-zone broker (docs/design/0003-zones.md) ---------------
+
+RemoteKeys = dict[int, list[tuple[PartitionKey, int, SessionPartition]]]
+"""owner -> (partition, stream id, what to fetch) of the partitions read through it."""
+
+
+def _redirect(ctx: Context, header: RequestHeader) -> list[int] | None:
+    """The live brokers of the client's zone (by node id) when this broker, an owner,
+    sends the client's fetches there (KIP-392, Fetch v11+): the client is zoned, in
+    another zone, and that zone has brokers."""
+    zone = header.zone
+    if (ctx.remote_fetch is None or zone is None or header.api_version < 11
+            or zone == (ctx.broker.rack or None)):
+        return None
+    return [b.node_id for b in ctx.live_brokers() if b.rack == zone] or None
+
+
+def _split(ctx: Context, header: RequestHeader, wanted: dict[PartitionKey, SessionPartition],
+           denied: set[str]) -> tuple[dict[PartitionKey, SessionPartition], RemoteKeys]:
+    """The partitions read here (or answered with an error), and those owned elsewhere
+    that this broker reads for a zoned client, by owner."""
+    remote_fetch = ctx.remote_fetch
+    if remote_fetch is None or header.zone is None:
+        return wanted, {}
+    local: dict[PartitionKey, SessionPartition] = {}
+    remote: RemoteKeys = {}
+    for k, sp in wanted.items():
+        t = ctx.topics.get(k[0])
+        if (k[0] not in denied and t is not None and 0 <= k[1] < t.count
+                and k[1] not in t.owned):
+            owner, _epoch = ctx.topics.leader(t, k[1])
+            if owner >= 0 and owner != ctx.broker.node_id and remote_fetch.serves(owner):
+                remote.setdefault(owner, []).append((k, t.streams[k[1]], sp))
+                continue
+        local[k] = sp
+    return local, remote
+
+
+async def _read_remote(ctx: Context, remote: RemoteKeys, committed: bool, wait: float,
+                       local: dict[PartitionKey, SessionPartition]
+                       ) -> dict[PartitionKey, Read] | None:
+    """Read the partitions of other owners, each owner long-polled for up to `wait`;
+    None when data arrived first in a partition read here (the caller reads again)."""
+    assert ctx.remote_fetch is not None
+    task = asyncio.ensure_future(asyncio.gather(*(
+        _read_owner(ctx, owner, parts, committed, wait) for owner, parts in remote.items())))
+    if wait > 0 and local:
+        arrived: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for key in local:
+            if (p := ctx.topics.partition(*key)) is not None:
+                p.add_waiter(arrived)
+        await asyncio.wait((task, arrived), return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return None
+    out: dict[PartitionKey, Read] = {}
+    for part in await task:
+        out.update(part)
     return out
 
 
-def _answer_without_data(p: Partition | None, sp: SessionPartition,
+async def _read_owner(ctx: Context, owner: int,
+                      parts: list[tuple[PartitionKey, int, SessionPartition]],
+                      committed: bool, wait: float) -> dict[PartitionKey, Read]:
+    assert ctx.remote_fetch is not None
+    asks = [(sid, TailPart(k[0], k[1], sp.fetch_offset, sp.leader_epoch, sp.max_bytes))
+            for k, sid, sp in parts]
+    try:
+        got = await ctx.remote_fetch.fetch(owner, asks, wait, committed)
+    except Exception as exc:  # the owner cannot be asked: the client finds it itself
+        log.info("fetch through broker %d failed: %r", owner, exc)
+        return {k: Read(error("not_leader_or_follower"), -1, -1, -1, [])
+                for k, _sid, _sp in parts}
+    out: dict[PartitionKey, Read] = {}
+    for (k, _sid, _sp), r in zip(parts, got, strict=True):
+        out[k] = Read(ErrorCode(r.error), r.high_watermark, r.last_stable_offset,
+                      r.log_start_offset, r.bufs, sum(len(b) for b in r.bufs), r.aborted)
+    return out
+
+
+def answer_without_data(p: Partition | None, sp: SessionPartition,
                          committed: bool) -> Read | None:
     """The answer for a partition with nothing to read (unknown, out of range, caught
     up, a leader epoch other than ours), or None when there is data to read."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from tidelog.api import (
     acl,
     admin,
@@ -16,10 +18,13 @@ from tidelog.api import (
     partitions_admin,
     produce,
     scram,
+    tail_index,
     txn,
     txn_markers,
 )
-from tidelog.api.base import Api
+from tidelog.api.base import Api, Context
+from tidelog.protocol.codec import RequestHeader
+from tidelog.zone.tail_wire import TAIL_INDEX
 
 ALL: list[Api] = [
     *api_versions.APIS,
@@ -39,3 +44,10 @@ ALL: list[Api] = [
     *scram.APIS,
 ]
 BY_KEY: dict[int, Api] = {a.key: a for a in ALL}
+
+PrivateHandler = Callable[[Context, RequestHeader, memoryview], Awaitable[bytes]]
+PRIVATE: dict[int, PrivateHandler] = {
+    TAIL_INDEX: tail_index.handle_tail_index,
+}
+"""Tidelog's inter-broker requests (`codec.PRIVATE_API_KEYS`), version 0 each; never in
+ApiVersions."""

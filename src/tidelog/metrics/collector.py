@@ -47,6 +47,9 @@ class BrokerCollector(Collector):
             lambda: storage.object_store(b.store_stats),
             lambda: storage.zones(dispatcher.traffic, b.node_id),
         ]
+        remote_fetch = b.remote_fetch
+        if remote_fetch is not None:
+            out.append(lambda: storage.zone_fetch(remote_fetch.stats))
         if coordinator is not None:
             out.append(lambda: kafka.consumer_groups(coordinator.offsets, topics))
         membership, election = b.membership, b.election

@@ -15,6 +15,7 @@ from tidelog.partition.log_manager import LogManager
 from tidelog.stream.engine import StreamEngine
 from tidelog.stream.object_format import FOOTER, INDEX_ENTRY
 from tidelog.stream.wal.base import WAL
+from tidelog.zone.remote_fetch import RemoteStats
 
 
 def wal(w: WAL, engine: StreamEngine) -> Iterator[Metric]:
@@ -109,6 +110,21 @@ def zones(traffic: Traffic, node_id: int) -> Iterator[Metric]:
                    sorted(dict(traffic.topic_zones).items()))
     yield labelled(GaugeMetricFamily, "tidelog_broker_info", "This broker's id and zone",
                    ["node_id", "zone"], [([str(node_id), traffic.zone], 1)])
+
+
+def zone_fetch(stats: RemoteStats) -> Iterator[Metric]:
+    """Fetches this broker served for zoned clients of partitions owned in other zones."""
+    yield counter("tidelog_zone_fetch_requests", "TailIndex requests sent to owners in "
+                  "other zones (control bytes: where the records are, not the records)",
+                  stats.requests)
+    yield labelled(CounterMetricFamily, "tidelog_zone_fetch_reads",
+                   "Record bytes of other zones' partitions served to this zone's clients, "
+                   "by where they were read: the owner's WAL on the shared volume, or objects",
+                   ["source"], [(["wal"], stats.wal_bytes),
+                                (["objects"], stats.object_bytes)])
+    yield counter("tidelog_zone_fetch_wal_misses", "WAL records no longer where the owner "
+                  "said (trimmed after their upload), read from objects instead",
+                  stats.wal_misses)
 
 
 def log_cleanup(lm: LogManager) -> Iterator[Metric]:

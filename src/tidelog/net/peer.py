@@ -12,7 +12,12 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from tidelog.protocol.codec import decode_response, encode_request, response_correlation
+from tidelog.protocol.codec import (
+    decode_response,
+    encode_private_request,
+    encode_request,
+    response_correlation,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,17 +80,33 @@ class PeerClient:
 
     async def request(self, node: int, body: Any) -> Any:
         """Send `body` (a kio request) to broker `node`; its decoded response."""
+        frame = await self._exchange(
+            node, lambda corr: encode_request(body, corr, self._client_id), self._timeout)
+        return decode_response(body.__api_key__, body.__version__, frame)
+
+    async def call(self, node: int, api_key: int, version: int, body: bytes,
+                   timeout: float | None = None) -> memoryview:
+        """A Tidelog private request (`codec.PRIVATE_API_KEYS`) to broker `node`; the
+        body of its response. `timeout` (default the client's) covers a long poll."""
+        frame = await self._exchange(
+            node, lambda corr: encode_private_request(api_key, version, corr,
+                                                      self._client_id, body),
+            self._timeout if timeout is None else timeout)
+        return memoryview(frame)[4:]
+
+    async def _exchange(self, node: int, encode: Callable[[int], bytes],
+                        timeout: float) -> bytes:
         conn = await self._connection(node)
         corr = next(self._corr) & 0x7FFFFFFF
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         conn.pending[corr] = fut
-        conn.writer.write(encode_request(body, corr, self._client_id))
+        conn.writer.write(encode(corr))
         try:
-            frame = await asyncio.wait_for(fut, self._timeout)
+            return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
+            raise PeerUnavailable(f"broker {node} did not answer in {timeout}s") from None
+        finally:  # answered, timed out or cancelled: a late answer is dropped
             conn.pending.pop(corr, None)
-            raise PeerUnavailable(f"broker {node} did not answer in {self._timeout}s") from None
-        return decode_response(body.__api_key__, body.__version__, frame)
 
     async def _connection(self, node: int) -> _Connection:
         conn = self._conns.get(node)

@@ -144,6 +144,38 @@ def encode_request(body: Any, correlation_id: int, client_id: str) -> bytes:
     return out.getvalue()
 
 
+PRIVATE_API_KEYS = range(32000, 32100)
+"""Tidelog's inter-broker requests (docs/design/0003-zones.md): Kafka framing and a v1
+request header (key, version, correlation id, client id), then a body of our own; the
+response is the correlation id and a body. Never in ApiVersions: no client sends them."""
+_I16 = struct.Struct(">h")
+
+
+def encode_private_request(api_key: int, version: int, correlation_id: int,
+                           client_id: str, body: bytes) -> bytes:
+    cid = client_id.encode()
+    head = FIXED_HEADER.pack(api_key, version, correlation_id) + _I16.pack(len(cid)) + cid
+    return SIZE.pack(len(head) + len(body)) + head + body
+
+
+def private_request(frame: bytes) -> tuple[RequestHeader, memoryview]:
+    """The header and body of a private request frame (size prefix removed)."""
+    head = peek_header(frame)
+    at = FIXED_HEADER.size
+    (n,) = _I16.unpack_from(frame, at)
+    at += _I16.size
+    if n > 0:
+        if at + n > len(frame):
+            raise FrameError("client id past the frame's end")
+        head.client_id = frame[at:at + n].decode("utf-8", "replace")
+        at += n
+    return head, memoryview(frame)[at:]
+
+
+def encode_private_response(correlation_id: int, body: bytes) -> bytes:
+    return SIZE.pack(4 + len(body)) + SIZE.pack(correlation_id) + body
+
+
 def response_correlation(frame: bytes) -> int:
     return int(SIZE.unpack_from(frame, 0)[0])
 

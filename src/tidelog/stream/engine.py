@@ -806,6 +806,18 @@ class StreamEngine:
     def _indexed_end(self, stream_id: int) -> int:
         return max((b.end_offset for _k, b in self.index.blocks(stream_id)), default=-1)
 
+    async def await_indexed(self, stream_id: int, end: int, timeout: float) -> int:
+        """Wait (at most `timeout`) until the object index reaches offset `end` of a
+        stream: another broker's upload reaches it through the watch of `/objects/`.
+        Returns how far the index reaches; offsets past it must not be read from objects
+        here yet (a missing object would pass for a compacted-away gap)."""
+        if self._indexed_end(stream_id) < end and timeout > 0:
+            async with self._index_changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._index_changed.wait_for(
+                        lambda: self._indexed_end(stream_id) >= end), timeout)
+        return self._indexed_end(stream_id)
+
     async def _await_index(self, m: StreamMeta, timeout: float = 5.0) -> None:
         """Before serving a stream opened after the start: the objects its record counts
         (up to its end) may have been written by another broker (a takeover, a previous
@@ -835,12 +847,13 @@ class StreamEngine:
     # ---- read path ------------------------------------------------------------------
 
     async def read(
-        self, stream: Stream, start: int, end: int, max_bytes: int
+        self, sid: int, start: int, end: int, max_bytes: int
     ) -> tuple[list[bytes | bytearray | memoryview], int]:
+        """Whole batches of stream `sid` from `start` below `end`: the log cache, else
+        objects (a stream owned elsewhere has only objects here)."""
         out: list[bytes | bytearray | memoryview] = []
         total = 0
         offset = start
-        sid = stream.stream_id
         from_objects = False
         while offset < end and (total < max_bytes or not out):
             first_cached = self.cache.first_offset(sid)

@@ -63,10 +63,20 @@ class LogCache:
         Returns (buffers, next offset, bytes). At least one batch is returned when `have`
         is 0 (KIP-74), even if it is larger than `max_bytes`.
         """
+        entries = self.covering(stream_id, offset, end, max_bytes, have)
+        if not entries:
+            return [], offset, 0
+        return ([e.payload for e in entries], entries[-1].last_offset + 1,
+                sum(len(e.payload) for e in entries))
+
+    def covering(self, stream_id: int, offset: int, end: int, max_bytes: int,
+                 have: int = 0) -> list[CacheEntry]:
+        """The entries `read` returns the payloads of (a same-zone broker reads them
+        from the WAL by their positions instead)."""
         s = self._streams.get(stream_id)
-        out: list[bytes | bytearray] = []
+        out: list[CacheEntry] = []
         if not s or not s.bases:
-            return out, offset, 0
+            return out
         i = max(bisect.bisect_right(s.bases, offset) - 1, 0)
         total = 0
         while i < len(s.entries):
@@ -76,11 +86,10 @@ class LogCache:
             if e.last_offset >= offset:
                 if (have + total) and have + total + len(e.payload) > max_bytes:
                     break
-                out.append(e.payload)
+                out.append(e)
                 total += len(e.payload)
-                offset = e.last_offset + 1
             i += 1
-        return out, offset, total
+        return out
 
     def entries(self, stream_id: int) -> list[CacheEntry]:
         s = self._streams.get(stream_id)

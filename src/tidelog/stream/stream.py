@@ -39,6 +39,23 @@ class StreamMeta:
     topic record is still being written (docs/design/0001-cluster.md, orphans)."""
 
 
+@dataclass(frozen=True, slots=True)
+class TailEntry:
+    """One durable record of a stream in its owner's WAL."""
+
+    base_offset: int
+    last_offset: int
+    position: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class TailEntries:
+    cached_from: int
+    """Offsets below this are in objects."""
+    entries: list[TailEntry]
+
+
 class Stream:
     def __init__(self, engine: StreamEngine, meta: StreamMeta, next_offset: int) -> None:
         self._engine = engine
@@ -120,8 +137,32 @@ class Stream:
         self, start: int, max_bytes: int, end: int | None = None
     ) -> tuple[list[bytes | bytearray | memoryview], int]:
         """Whole batches from `start` below `end` (default: the confirmed end)."""
-        return await self._engine.read(self, start, self.confirm_offset if end is None else end,
-                                       max_bytes)
+        return await self._engine.read(self.stream_id, start,
+                                       self.confirm_offset if end is None else end, max_bytes)
+
+    def tail(self, start: int, end: int, max_bytes: int) -> TailEntries | None:
+        """What a broker of another zone needs to read `start`.. below `end` itself
+        (docs/design/0003-zones.md): the first offset still in the log cache (below it,
+        everything is in objects), and the durable records from `start` with where they
+        are in this broker's WAL, as `fetch` would return them. None when the WAL cannot
+        be read by position elsewhere."""
+        engine = self._engine
+        wal = engine.wal
+        if wal.record_start(0, 0) is None:
+            return None
+        first = engine.cache.first_offset(self.stream_id)
+        cached_from = min(first, end) if first is not None else end
+        if start < cached_from:
+            return TailEntries(cached_from, [])
+        out: list[TailEntry] = []
+        for e in engine.cache.covering(self.stream_id, start, min(end, self.confirm_offset),
+                                       max_bytes):
+            if e.wal_position < 0:
+                break
+            at = wal.record_start(e.wal_position, len(e.payload))
+            assert at is not None
+            out.append(TailEntry(e.base_offset, e.last_offset, at, len(e.payload)))
+        return TailEntries(cached_from, out)
 
     def in_memory(self, offset: int) -> bool:
         """`offset` is in the log cache (not only in objects)."""

@@ -198,3 +198,9 @@ class WAL(ABC):
     @property
     @abstractmethod
     def capacity(self) -> int: ...
+
+    def record_start(self, next_position: int, length: int) -> int | None:
+        """Where the record whose append returned `next_position` (with a `length`-byte
+        payload) starts, when another broker can read it there by position (a ring file
+        on the shared volume: `ring_read`); None when it cannot."""
+        return None

@@ -167,6 +167,10 @@ class FileWAL(WAL):
     def capacity(self) -> int:
         return self._capacity
 
+    def record_start(self, next_position: int, length: int) -> int | None:
+        # a record is never split; padding, if any, comes before it
+        return next_position - RECORD_HEADER_SIZE - length
+
     @property
     def epoch(self) -> int:
         return self._epoch

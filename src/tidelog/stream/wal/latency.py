@@ -115,3 +115,6 @@ class LatencyWAL(WAL):
     @property
     def capacity(self) -> int:
         return self.inner.capacity
+
+    def record_start(self, next_position: int, length: int) -> int | None:
+        return self.inner.record_start(next_position, length)

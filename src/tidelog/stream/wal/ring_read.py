@@ -29,6 +29,9 @@ from tidelog.stream.wal.ring_format import (
 
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
+Expect = tuple[int, int, int, int]
+"""(stream id, base offset, last offset, payload length) a record must name."""
+
 
 class RingRecordReader:
     """Reads records of the ring WAL file at `path` (blocking: call it off the event
@@ -45,9 +48,12 @@ class RingRecordReader:
         self.capacity = slot.capacity
         """Fixed for the file's life: a reopen keeps it."""
 
-    def read(self, position: int) -> WalRecord | None:
+    def read(self, position: int, expect: Expect | None = None) -> WalRecord | None:
         """The data record starting at `position`, or None when the ring no longer (or
-        does not yet) hold it there."""
+        does not yet) hold it there. With `expect` (stream id, base offset, last offset,
+        payload length), a record naming anything else is refused too: a file that is
+        not the WAL the caller means (another host's file at the same path) cannot pass
+        for it."""
         if position < 0:
             return None
         offset = position % self.capacity
@@ -60,7 +66,8 @@ class RingRecordReader:
         (magic, crc, kind, length, _session, at, sid, sepoch, base,
          last) = RECORD_HEADER.unpack(head)
         if (magic != RECORD_MAGIC or at != position or kind != KIND_DATA
-                or length > room - RECORD_HEADER_SIZE):
+                or length > room - RECORD_HEADER_SIZE
+                or (expect is not None and expect != (sid, base, last, length))):
             return None
         payload = self._file.pread(length, HEADER_AREA + offset + RECORD_HEADER_SIZE)
         if len(payload) != length:
@@ -72,12 +79,6 @@ class RingRecordReader:
 
     def close(self) -> None:
         self._file.close()
-
-
-def record_start(next_position: int, payload_bytes: int) -> int:
-    """Where a record whose append returned `next_position` starts (a record is never
-    split; padding, if any, comes before it)."""
-    return next_position - RECORD_HEADER_SIZE - payload_bytes
 
 
 def _open_read_only(path: str, direct: bool) -> WalFile:

@@ -102,6 +102,16 @@ def open_wal(uri: str, *, wrap_store: StoreWrapper | None = None, **options: Any
     return LatencyWAL(wal, profile) if profile is not None else wal
 
 
+def ring_file_path(uri: str) -> str | None:
+    """The file of a `FileWAL` URI (what another broker reads by position), else None."""
+    plain, _profile = split_emulation(uri)
+    parts = urlsplit(plain)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        return _file_path(parts.netloc, unquote(parts.path), uri)
+    return plain.partition("?")[0] if scheme == "" else None
+
+
 def _object_wal(
     parts: SplitResult,
     profile: LatencyProfile | None,
