@@ -21,8 +21,8 @@ import pytest
 from confluent_kafka import Consumer
 
 from tests.integration.cluster import Cluster, wait_for
+from tests.integration.load import Load
 from tests.integration.test_failover import (
-    Load,
     controller,
     create,
     leaders,

@@ -18,7 +18,8 @@ from kafka import TopicPartition as KTopicPartition
 from kafka.admin import KafkaAdminClient
 
 from tests.integration.cluster import Cluster, wait_for
-from tests.integration.test_failover import Load, create, leaders, verify
+from tests.integration.load import Load
+from tests.integration.test_failover import create, leaders, verify
 from tidelog.tools.local_postgres import LocalPostgres
 
 MOVE_MB = int(os.environ.get("TIDELOG_CHAOS_MOVE_MB", "128"))

@@ -25,8 +25,8 @@ import pytest
 
 from tests.integration.cluster import Cluster, wait_for
 from tests.integration.fault_proxies import S3FaultProxy, TcpStallProxy
+from tests.integration.load import Load
 from tests.integration.test_failover import (
-    Load,
     controller,
     create,
     kill_under_load,

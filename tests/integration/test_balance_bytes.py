@@ -13,7 +13,8 @@ import pytest
 from confluent_kafka import Producer
 
 from tests.integration.cluster import Cluster, wait_for
-from tests.integration.test_failover import Load, create, leaders, verify
+from tests.integration.load import Load
+from tests.integration.test_failover import create, leaders, verify
 from tidelog.tools.local_postgres import LocalPostgres
 
 pytestmark = pytest.mark.timeout(300)

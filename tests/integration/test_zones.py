@@ -19,6 +19,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from tests.integration.cluster import Cluster
 from tests.integration.link_proxy import LinkProxy, free_port
+from tests.integration.load import Load
 from tidelog.tools.cluster_status import cross_zone_by_topic
 from tidelog.tools.local_postgres import LocalPostgres
 from tidelog.tools.status import scrape as status_scrape
@@ -361,3 +362,53 @@ def test_broker_to_broker_requests_are_counted_as_broker_traffic(zoned: ZonedClu
     grew = {k: v - before.get(k, 0.0) for k, v in after.items() if v > before.get(k, 0.0)}
     assert any(src != dst and kind == "control" for src, dst, kind in grew), grew
     assert not any(kind == "data" for _s, _d, kind in grew), grew
+
+
+# ---- failures: last in the module, each brings its victim back ----------------------
+
+@pytest.mark.parametrize("victim", [1, 2], ids=["owner-in-zone-a", "zone-b-broker"])
+def test_zone_reads_go_on_when_a_broker_is_killed(zoned: ZonedCluster, victim: int) -> None:
+    """A zone b consumer tails a topic under an idempotent acks=all producer while a
+    broker is killed with SIGKILL: the owner of a third of the partitions (zone a: its
+    partitions move to survivors by WAL takeover, and zone b's broker reads them from
+    their new owners), or zone b's own broker (zone b has no broker left: the consumer
+    fetches from the owners). Every acknowledged record is read, each partition's in
+    order and once."""
+    topic = f"zoned-kill-{victim}"
+    create(zoned.cluster.bootstrap, topic)
+    load = Load(zoned.cluster.bootstrap, topic)
+    tail = TailingConsumer(zoned.bootstrap(zoned.zb), topic)
+    try:
+        tail.until(1000)
+        killed = time.monotonic()
+        zoned.cluster.brokers[victim].kill()
+        deadline = killed + 90
+        while not {p for p, _n, t in load.acked if t > killed + 1} >= set(range(12)):
+            assert time.monotonic() < deadline, "the load did not resume on every partition"
+            tail.more(0.2)
+        acked_after = len(load.acked)
+        while len(load.acked) < acked_after + 1000:
+            assert time.monotonic() < deadline
+            tail.more(0.2)
+        load.stop()
+        assert not load.failed, load.failed[:5]
+        acked = {n for _p, n, _t in load.acked}
+        while not acked <= {int(v.split(b"-")[1]) for _p, _o, v in tail.records}:
+            assert time.monotonic() < deadline, (
+                f"{len(acked - {int(v.split(b'-')[1]) for _p, _o, v in tail.records})} "
+                f"acknowledged records not read")
+            tail.more(0.5)
+        print(f"\nbroker {victim} killed: {len(acked)} acknowledged records, all read in "
+              f"zone b")
+    finally:
+        load.stop()
+        tail.close()
+        zoned.cluster.brokers[victim].start()
+    by_partition: dict[int, list[tuple[int, int]]] = {}
+    for partition, offset, value in tail.records:
+        by_partition.setdefault(partition, []).append((offset, int(value.split(b"-")[1])))
+    for partition, seq in by_partition.items():
+        offsets = [o for o, _n in seq]
+        assert offsets == sorted(set(offsets)), f"partition {partition}: read twice or out of order"
+        numbers = [n for _o, n in seq]
+        assert numbers == sorted(numbers), f"partition {partition}: records out of order"
