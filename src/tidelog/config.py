@@ -16,6 +16,7 @@ DEFAULTS: dict[str, str] = {
     "listener.zones": "",
     "zone.cidr.blocks": "",
     "zone.fetch.enable": "true",
+    "zone.routing.enable": "false",
     "cluster.id": "tidelog-cluster",
     "data.dir": "./data",
     "wal.uri": "file://./data/wal",

@@ -10,7 +10,7 @@ import signal
 from urllib.parse import parse_qsl, urlparse, urlsplit, urlunparse
 
 from tidelog.api.authorizer import Authorizer, parse_super_users
-from tidelog.api.base import BrokerConfig, BrokerInfo, ClusterView, Context
+from tidelog.api.base import BrokerConfig, BrokerInfo, ClusterView, Context, PeerRequest
 from tidelog.api.dispatch import Dispatcher
 from tidelog.api.txn_markers import send_markers
 from tidelog.config import Config, ConfigError, Listener, parse_listeners
@@ -42,6 +42,7 @@ from tidelog.stream.object_compaction import CompactionConfig
 from tidelog.stream.wal.base import WAL
 from tidelog.stream.wal.uri import OBJECT_WAL_SCHEMES, open_wal, parse_bool, ring_file_path
 from tidelog.zone.connection import ZoneRules
+from tidelog.zone.produce_proxy import ProduceProxy
 from tidelog.zone.remote_fetch import RemoteFetch
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ class Broker:
         self.election: ControllerElection | None = None
         self.takeovers: Takeovers | None = None
         self.remote_fetch: RemoteFetch | None = None
+        self.produce_proxy: ProduceProxy | None = None
         self.balancer: Balancer | None = None
         self.peers: PeerClient | None = None
         self.authorizer: Authorizer | None = None
@@ -250,14 +252,19 @@ class Broker:
 
             self.transactions.remote_markers = remote
             remote_fetch = self._remote_fetch(peers, own_wal)
+            if remote_fetch is not None and c.get_bool("zone.routing.enable"):
+                self.produce_proxy = ProduceProxy(engine, peers.call, node_id)
+            peer_request: PeerRequest | None = peers.request
         else:
-            remote_fetch = None
+            remote_fetch, peer_request = None, None
         await self.coordinator.start(create=not cluster)
         await self.transactions.start(create=not cluster)
         broker_cfg = BrokerConfig(
             cluster_id=c.get_str("cluster.id"),
             auto_create_topics=c.get_bool("auto.create.topics.enable"),
             num_partitions=c.get_int("num.partitions"),
+            zone_fetch=c.get_bool("zone.fetch.enable"),
+            zone_routing=c.get_bool("zone.routing.enable"),
         )
         info = BrokerInfo(node_id, advertised.host, advertised.port,
                           c.get_str("broker.rack") or None, _endpoints(adverts))
@@ -268,7 +275,8 @@ class Broker:
         self.authorizer = authorizer
         ctx = Context(info, self.topics, self.coordinator, broker_cfg,
                       transactions=self.transactions, authorizer=authorizer,
-                      cluster=self._cluster_view(), remote_fetch=remote_fetch)
+                      cluster=self._cluster_view(), remote_fetch=remote_fetch,
+                      produce_proxy=self.produce_proxy, peer=peer_request)
         self.dispatcher = Dispatcher(ctx)
         self.request_metrics = RequestMetrics() if metrics_at is not None else None
         self.listeners = [KafkaListener(self.dispatcher, bind.host, bind.port,
@@ -306,11 +314,12 @@ class Broker:
         return place(count, sorted(others, key=lambda b: b.node_id), self.topics.owned_by())
 
     def _remote_fetch(self, peers: PeerClient, own_wal: str) -> RemoteFetch | None:
-        """Zoned fetches through a same-zone broker (docs/design/0003-zones.md), when
-        `zone.fetch.enable` and this broker's WAL is a file the others can read."""
+        """Reads of the other brokers' WAL files (zoned fetch and produce through a
+        same-zone broker, docs/design/0003-zones.md), when this broker's WAL is a file
+        the others can read."""
         assert self.engine is not None and self.takeovers is not None
         own_path = ring_file_path(own_wal)
-        if not self.config.get_bool("zone.fetch.enable") or own_path is None:
+        if own_path is None:
             return None
         takeovers = self.takeovers
 

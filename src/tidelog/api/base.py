@@ -20,7 +20,11 @@ from tidelog.coordinator.coordinator import GroupCoordinator
 from tidelog.coordinator.transactions import TransactionCoordinator
 from tidelog.partition.topics import TopicManager
 from tidelog.protocol.codec import RequestHeader
+from tidelog.zone.produce_proxy import ProduceProxy
 from tidelog.zone.remote_fetch import RemoteFetch
+
+PeerRequest = Callable[[int, Any], Awaitable[Any]]
+"""(node, kio request) -> its decoded response."""
 
 
 @dataclass(slots=True)
@@ -53,6 +57,11 @@ class BrokerConfig:
     auto_create_topics: bool = True
     num_partitions: int = 1
     fetch_max_wait_cap: float = 30.0
+    zone_fetch: bool = False
+    """`zone.fetch.enable`: zoned fetches through a same-zone broker."""
+    zone_routing: bool = False
+    """`zone.routing.enable`: zoned clients are told a same-zone broker leads every
+    partition, and produce through it."""
 
 
 @dataclass(slots=True)
@@ -68,9 +77,24 @@ class Context:
     extras: dict[str, Any] = field(default_factory=dict)
     cluster: ClusterView | None = None
     remote_fetch: RemoteFetch | None = None
-    """Zoned fetches through a same-zone broker (docs/design/0003-zones.md): set, this
-    broker serves a zoned client's fetch of a partition owned in another zone, and as an
-    owner names a broker of the client's zone as the preferred read replica (KIP-392)."""
+    """Reads of the other brokers' WAL files (a cluster on a shared volume): for zoned
+    fetches (`config.zone_fetch`: this broker serves a zoned client's fetch of a
+    partition owned in another zone, and as an owner names a broker of the client's zone
+    as the preferred read replica, KIP-392) and an owner's reads of proxied batches."""
+    produce_proxy: ProduceProxy | None = None
+    """Set with `config.zone_routing` (docs/design/0003-zones.md)."""
+    peer: PeerRequest | None = None
+    """A Kafka request to another broker (a proxy passes on what only the owner answers)."""
+
+    def zone_fetch(self) -> RemoteFetch | None:
+        return self.remote_fetch if self.config.zone_fetch or self.config.zone_routing else None
+
+    def zone_brokers(self, zone: str | None) -> list[int]:
+        """The live brokers of `zone` by node id (none for no zone): a stream's broker there
+        is `[stream id % n]`, the same for every broker asked."""
+        if zone is None:
+            return []
+        return [b.node_id for b in self.live_brokers() if b.rack == zone]
 
     def live_brokers(self) -> list[BrokerInfo]:
         """Every live broker, sorted by node id (this one alone without a cluster)."""

@@ -262,17 +262,17 @@ def _redirect(ctx: Context, header: RequestHeader) -> list[int] | None:
     sends the client's fetches there (KIP-392, Fetch v11+): the client is zoned, in
     another zone, and that zone has brokers."""
     zone = header.zone
-    if (ctx.remote_fetch is None or zone is None or header.api_version < 11
+    if (ctx.zone_fetch() is None or zone is None or header.api_version < 11
             or zone == (ctx.broker.rack or None)):
         return None
-    return [b.node_id for b in ctx.live_brokers() if b.rack == zone] or None
+    return ctx.zone_brokers(zone) or None
 
 
 def _split(ctx: Context, header: RequestHeader, wanted: dict[PartitionKey, SessionPartition],
            denied: set[str]) -> tuple[dict[PartitionKey, SessionPartition], RemoteKeys]:
     """The partitions read here (or answered with an error), and those owned elsewhere
     that this broker reads for a zoned client, by owner."""
-    remote_fetch = ctx.remote_fetch
+    remote_fetch = ctx.zone_fetch()
     if remote_fetch is None or header.zone is None:
         return wanted, {}
     local: dict[PartitionKey, SessionPartition] = {}
@@ -294,7 +294,6 @@ async def _read_remote(ctx: Context, remote: RemoteKeys, committed: bool, wait: 
                        ) -> dict[PartitionKey, Read] | None:
     """Read the partitions of other owners, each owner long-polled for up to `wait`;
     None when data arrived first in a partition read here (the caller reads again)."""
-    assert ctx.remote_fetch is not None
     task = asyncio.ensure_future(asyncio.gather(*(
         _read_owner(ctx, owner, parts, committed, wait) for owner, parts in remote.items())))
     if wait > 0 and local:
@@ -317,11 +316,12 @@ async def _read_remote(ctx: Context, remote: RemoteKeys, committed: bool, wait: 
 async def _read_owner(ctx: Context, owner: int,
                       parts: list[tuple[PartitionKey, int, SessionPartition]],
                       committed: bool, wait: float) -> dict[PartitionKey, Read]:
-    assert ctx.remote_fetch is not None
+    remote_fetch = ctx.zone_fetch()
+    assert remote_fetch is not None
     asks = [(sid, TailPart(k[0], k[1], sp.fetch_offset, sp.leader_epoch, sp.max_bytes))
             for k, sid, sp in parts]
     try:
-        got = await ctx.remote_fetch.fetch(owner, asks, wait, committed)
+        got = await remote_fetch.fetch(owner, asks, wait, committed)
     except Exception as exc:  # the owner cannot be asked: the client finds it itself
         log.info("fetch through broker %d failed: %r", owner, exc)
         return {k: Read(error("not_leader_or_follower"), -1, -1, -1, [])

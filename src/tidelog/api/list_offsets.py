@@ -8,6 +8,7 @@ from typing import Any
 
 from tidelog.api.acl_model import Operation, ResourceType
 from tidelog.api.base import NONE, Api, Context, error, make, response_module
+from tidelog.api.zone_routing import ask_owner, proxied_owner, unreachable
 from tidelog.protocol.codec import RequestHeader
 
 LIST_OFFSETS = 2
@@ -44,6 +45,13 @@ async def handle_list_offsets(ctx: Context, header: RequestHeader, req: Any) -> 
         parts = []
         may = ctx.allowed(header, Operation.DESCRIBE, ResourceType.TOPIC, t.name)
         for p in t.partitions:
+            owner = proxied_owner(ctx, header, t.name, p.partition_index) if may else None
+            if owner is not None:
+                got = await ask_owner(ctx, owner, req, t, p)
+                parts.append(got if got is not None else make(
+                    mod.ListOffsetsPartitionResponse, partition_index=p.partition_index,
+                    error_code=unreachable(), timestamp=-1, offset=-1, leader_epoch=-1))
+                continue
             code, offset, ts = (
                 await _lookup(ctx, t.name, p.partition_index, p.timestamp, committed) if may
                 else (error("topic_authorization_failed"), -1, -1))

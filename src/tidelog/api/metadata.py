@@ -17,17 +17,22 @@ from tidelog.api.base import (
     make,
     response_module,
 )
+from tidelog.api.zone_routing import stand_in_brokers
 from tidelog.partition.topics import Topic, TopicError
 from tidelog.protocol.codec import RequestHeader
 
 METADATA, DESCRIBE_CLUSTER = 3, 60
 
 
-def _topic_entry(mod: Any, ctx: Context, topic: Topic, live: set[int],
-                 ops: int = NO_OPERATIONS) -> Any:
+def _topic_entry(mod: Any, ctx: Context, topic: Topic, live: dict[int, str | None],
+                 ops: int = NO_OPERATIONS, zone: tuple[str, list[int]] | None = None) -> Any:
+    """With `zone` (the client's zone and its brokers: zone routing), a partition owned
+    in another zone is led, for this client, by its broker there (docs/design/0003)."""
     parts = []
     for i in range(topic.count):
         node, epoch = ctx.topics.leader(topic, i)
+        if zone is not None and node in live and live[node] != zone[0]:
+            node = zone[1][topic.streams[i] % len(zone[1])]
         if node in live:
             parts.append(make(mod.MetadataResponsePartition, error_code=NONE,
                               partition_index=i, leader_id=node, leader_epoch=epoch,
@@ -56,13 +61,15 @@ async def handle_metadata(ctx: Context, header: RequestHeader, req: Any) -> Any:
     brokers = tuple(make(mod.MetadataResponseBroker, node_id=b.node_id, host=host, port=port,
                          rack=b.rack)
                     for b in live_brokers for host, port in (b.endpoint(header.listener),))
-    live = {b.node_id for b in live_brokers}
+    live = {b.node_id: b.rack for b in live_brokers}
+    routed = stand_in_brokers(ctx, header)
+    zone = (header.zone, routed) if routed and header.zone else None
     with_ops = getattr(req, "include_topic_authorized_operations", False)
 
     def entry(topic: Topic) -> Any:
         ops = (ctx.operations(header, ResourceType.TOPIC, topic.name) if with_ops
                else NO_OPERATIONS)
-        return _topic_entry(mod, ctx, topic, live, ops)
+        return _topic_entry(mod, ctx, topic, live, ops, None if topic.internal else zone)
 
     def may(op: Operation, name: str) -> bool:
         return ctx.allowed(header, op, ResourceType.TOPIC, name)

@@ -20,6 +20,7 @@ from kio.schema.errors import ErrorCode
 
 from tidelog.api.acl_model import CLUSTER_NAME, Operation, ResourceType
 from tidelog.api.base import NONE, Api, Context, error, make, response_module
+from tidelog.api.zone_routing import ask_owner, proxied_owner, unreachable
 from tidelog.partition.leader_epochs import end_offset_for_epoch
 from tidelog.partition.partition import Partition, PartitionError
 from tidelog.partition.topics import TopicError
@@ -164,13 +165,25 @@ async def _epoch_end(ctx: Context, name: str, index: int, current: int,
     return NONE, found_epoch, end
 
 
+async def _owner_epoch_end(ctx: Context, owner: int, req: Any, t: Any, p: Any
+                           ) -> tuple[ErrorCode, int, int]:
+    """What the owner answers, for a partition this broker stands in for (zone routing)."""
+    got = await ask_owner(ctx, owner, req, t, p)
+    if got is None:
+        return unreachable(), -1, -1
+    return ErrorCode(got.error_code), got.leader_epoch, got.end_offset
+
+
 async def handle_offset_for_leader_epoch(ctx: Context, header: RequestHeader,
                                          req: Any) -> Any:
     mod = response_module(OFFSET_FOR_LEADER_EPOCH, header.api_version)
-    jobs: list[tuple[str, int, Awaitable[tuple[ErrorCode, int, int]]]] = [
-        (t.topic, p.partition, _epoch_end(ctx, t.topic, p.partition,
-                                          p.current_leader_epoch, p.leader_epoch))
-        for t in req.topics for p in t.partitions]
+    jobs: list[tuple[str, int, Awaitable[tuple[ErrorCode, int, int]]]] = []
+    for t in req.topics:
+        for p in t.partitions:
+            owner = proxied_owner(ctx, header, t.topic, p.partition)
+            jobs.append((t.topic, p.partition, _epoch_end(
+                ctx, t.topic, p.partition, p.current_leader_epoch, p.leader_epoch)
+                if owner is None else _owner_epoch_end(ctx, owner, req, t, p)))
     done = await asyncio.gather(*(j[2] for j in jobs))
     by_topic: dict[str, list[Any]] = {}
     for (name, index, _), (code, epoch, end) in zip(jobs, done, strict=True):

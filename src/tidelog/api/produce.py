@@ -16,6 +16,7 @@ from kio.schema.errors import ErrorCode
 from tidelog.api.acl_model import Operation, ResourceType
 from tidelog.api.base import NONE, Api, Context, error, make, response_module
 from tidelog.api.traffic import traffic
+from tidelog.api.zone_routing import proxied_owner
 from tidelog.partition.partition import PartitionError
 from tidelog.partition.producer_state import ProducerStateError
 from tidelog.protocol import records
@@ -33,11 +34,13 @@ Outcome = tuple[ErrorCode, int, int, str | None, int, list[tuple[int, str]]]
 _NO_ERRORS: list[tuple[int, str]] = []
 
 
-async def _append(
-    ctx: Context, name: str, index: int, data: bytes | None, timeout: float, zone: str | None
+async def append_outcome(
+    ctx: Context, name: str, index: int, data: bytes | None, timeout: float, zone: str | None,
+    count: bool = True,
 ) -> Outcome:
     """The outcome for one partition; its topic's limits (max.message.bytes, timestamp
-    bounds) are checked by `Partition.append`."""
+    bounds) are checked by `Partition.append`. `count`: the bytes came from a client (not
+    from a proxy's WAL: the proxy counted them)."""
     p = ctx.topics.partition(name, index)
     if p is None:
         return error(ctx.topics.missing(name, index)), -1, -1, None, -1, _NO_ERRORS
@@ -45,8 +48,9 @@ async def _append(
         return error("invalid_record"), -1, -1, "empty record set", -1, _NO_ERRORS
     try:
         res = await p.append(data, timeout)
-        t = traffic(ctx)
-        t.produced(p.topic, data, zone or t.zone)
+        if count:
+            t = traffic(ctx)
+            t.produced(p.topic, data, zone or t.zone)
         return (NONE, res.base_offset, res.log_start_offset, None, res.log_append_time,
                 _NO_ERRORS)
     except PartitionError as exc:
@@ -77,6 +81,7 @@ async def handle_produce(ctx: Context, header: RequestHeader, req: Any) -> Any:
     mod = response_module(PRODUCE, version)
     timeout = max(req.timeout.total_seconds(), 0.001)
     jobs: list[tuple[str, int, Any]] = []
+    proxied: dict[int, list[tuple[int, str, int, bytes]]] = {}
     txn_id = getattr(req, "transactional_id", None)
     txn_denied = txn_id is not None and not ctx.allowed(
         header, Operation.WRITE, ResourceType.TRANSACTIONAL_ID, txn_id)
@@ -91,13 +96,29 @@ async def handle_produce(ctx: Context, header: RequestHeader, req: Any) -> Any:
             if denied:
                 jobs.append((t.name, pd.index, _const(error(denied))))
                 continue
-            jobs.append((t.name, pd.index, _append(ctx, t.name, pd.index, pd.records,
-                                                   timeout, header.zone)))
-    results = await asyncio.gather(*(j[2] for j in jobs))
+            owner = _proxied_owner(ctx, header, t.name, pd.index, pd.records)
+            if owner is not None:
+                topic = ctx.topics.get(t.name)
+                assert topic is not None
+                proxied.setdefault(owner, []).append(
+                    (topic.streams[pd.index], t.name, pd.index, pd.records))
+                jobs.append((t.name, pd.index, owner))
+                continue
+            jobs.append((t.name, pd.index, append_outcome(ctx, t.name, pd.index, pd.records,
+                                                          timeout, header.zone)))
+    local = [j[2] for j in jobs if not isinstance(j[2], int)]
+    through = [_through_proxy(ctx, header, owner, parts, req.acks, timeout)
+               for owner, parts in proxied.items()]
+    done = await asyncio.gather(*local, *through)
+    by_owner = dict(zip(proxied, done[len(local):], strict=True))
+    local_results = iter(done[:len(local)])
+    results: list[Outcome] = []
+    for _name, _index, job in jobs:
+        results.append(by_owner[job].pop(0) if isinstance(job, int) else next(local_results))
     if req.acks == 0:
         return NO_RESPONSE
     by_topic: dict[str, list[Any]] = {}
-    for (name, index, _), (code, base, start, msg, at, bad) in zip(jobs, results, strict=True):
+    for (name, index, _j), (code, base, start, msg, at, bad) in zip(jobs, results, strict=True):
         record_errors = tuple(make(mod.BatchIndexAndErrorMessage, batch_index=i,
                                    batch_index_error_message=m) for i, m in bad
                               ) if bad and hasattr(mod, "BatchIndexAndErrorMessage") else ()
@@ -108,6 +129,38 @@ async def handle_produce(ctx: Context, header: RequestHeader, req: Any) -> Any:
     return make(mod.ProduceResponse, throttle_time=timedelta(0), responses=tuple(
         make(mod.TopicProduceResponse, name=name, partition_responses=tuple(parts))
         for name, parts in by_topic.items()))
+
+
+def _proxied_owner(ctx: Context, header: RequestHeader, name: str, index: int,
+                   data: bytes | None) -> int | None:
+    """The owner in another zone of a partition this broker proxies for a zoned client
+    (zone routing), or None: appended here, or answered as not led here."""
+    return proxied_owner(ctx, header, name, index) if data else None
+
+
+async def _through_proxy(ctx: Context, header: RequestHeader, owner: int,
+                         parts: list[tuple[int, str, int, bytes]], acks: int,
+                         timeout: float) -> list[Outcome]:
+    """Write `parts` here, have their owner append them (docs/design/0003-zones.md)."""
+    assert ctx.produce_proxy is not None
+    try:
+        answers = await ctx.produce_proxy.produce(owner, parts, acks, timeout)
+    except BackPressureTimeout as exc:
+        return [(error("request_timed_out"), -1, -1, str(exc), -1, _NO_ERRORS)] * len(parts)
+    except StorageError as exc:
+        return [(error("kafka_storage_error"), -1, -1, str(exc), -1, _NO_ERRORS)] * len(parts)
+    except Exception as exc:  # the owner could not be reached: the client looks again
+        log.info("produce through this broker to broker %d failed: %r", owner, exc)
+        return [(error("not_leader_or_follower"), -1, -1, f"owner {owner}: {exc}", -1,
+                 _NO_ERRORS)] * len(parts)
+    t = traffic(ctx)
+    out: list[Outcome] = []
+    for (_sid, name, _index, data), a in zip(parts, answers, strict=True):
+        if a.error == 0:
+            t.produced(name, data, header.zone or t.zone)
+        out.append((ErrorCode(a.error), a.base_offset, a.log_start_offset, a.message,
+                    a.log_append_time, _NO_ERRORS))
+    return out
 
 
 async def _const(code: ErrorCode) -> Outcome:

@@ -11,6 +11,7 @@ from tidelog.api import (
     configs,
     consumer_groups,
     fetch,
+    forward,
     groups,
     list_offsets,
     metadata,
@@ -24,6 +25,7 @@ from tidelog.api import (
 )
 from tidelog.api.base import Api, Context
 from tidelog.protocol.codec import RequestHeader
+from tidelog.zone.forward_wire import FORWARD
 from tidelog.zone.tail_wire import TAIL_INDEX
 
 ALL: list[Api] = [
@@ -47,6 +49,7 @@ BY_KEY: dict[int, Api] = {a.key: a for a in ALL}
 
 PrivateHandler = Callable[[Context, RequestHeader, memoryview], Awaitable[bytes]]
 PRIVATE: dict[int, PrivateHandler] = {
+    FORWARD: forward.handle_forward,
     TAIL_INDEX: tail_index.handle_tail_index,
 }
 """Tidelog's inter-broker requests (`codec.PRIVATE_API_KEYS`), version 0 each; never in

@@ -47,7 +47,9 @@ class BrokerCollector(Collector):
             lambda: storage.object_store(b.store_stats),
             lambda: storage.zones(dispatcher.traffic, b.node_id),
         ]
-        remote_fetch = b.remote_fetch
+        remote_fetch, produce_proxy = b.remote_fetch, b.produce_proxy
+        if produce_proxy is not None:
+            out.append(lambda: storage.zone_produce(produce_proxy.stats, engine))
         if remote_fetch is not None:
             out.append(lambda: storage.zone_fetch(remote_fetch.stats))
         if coordinator is not None:

@@ -15,6 +15,7 @@ from tidelog.partition.log_manager import LogManager
 from tidelog.stream.engine import StreamEngine
 from tidelog.stream.object_format import FOOTER, INDEX_ENTRY
 from tidelog.stream.wal.base import WAL
+from tidelog.zone.produce_proxy import ProxyStats
 from tidelog.zone.remote_fetch import RemoteStats
 
 
@@ -110,6 +111,17 @@ def zones(traffic: Traffic, node_id: int) -> Iterator[Metric]:
                    sorted(dict(traffic.topic_zones).items()))
     yield labelled(GaugeMetricFamily, "tidelog_broker_info", "This broker's id and zone",
                    ["node_id", "zone"], [([str(node_id), traffic.zone], 1)])
+
+
+def zone_produce(stats: ProxyStats, engine: StreamEngine) -> Iterator[Metric]:
+    """Batches this broker wrote for zoned producers of partitions owned in other zones."""
+    yield counter("tidelog_zone_produce_forwards", "Forward requests sent to owners in other "
+                  "zones (control bytes: where the batches are in this WAL)", stats.forwards)
+    yield counter("tidelog_zone_produce_bytes", "Record-batch bytes this broker wrote into its "
+                  "WAL for partitions owned elsewhere (their owners read them from there)",
+                  stats.bytes)
+    yield gauge("tidelog_wal_pinned_bytes", "WAL bytes from the oldest proxied batch whose "
+                "owner has not answered yet on", engine.pinned_bytes)
 
 
 def zone_fetch(stats: RemoteStats) -> Iterator[Metric]:

@@ -50,6 +50,10 @@ from tidelog.stream.wal.base import WAL, Histogram
 log = logging.getLogger(__name__)
 
 STREAMS = "/streams/"
+FOREIGN_BIT = 1 << 63
+"""Set in the stream id of a WAL record that holds another broker's partition's batch, as
+written by a same-zone proxy (docs/design/0003-zones.md): no replay takes it for one of
+its streams (none has this id), the owner reads it by position."""
 RECORD_OVERHEAD = 256  # bytes we assume a WAL adds around a payload (header, padding slack)
 UPLOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -151,6 +155,9 @@ class StreamEngine:
         self._upload_lock = asyncio.Lock()
         self._failed: str | None = None
         self._inflight = 0  # bytes reserved by appends the WAL has not completed yet
+        self._pins: dict[int, int] = {}
+        """WAL position of a foreign record -> holds on it (a proxied produce in flight)."""
+        self._trimmer: asyncio.Future[None] | None = None
         self.uploads = 0
         self.uploaded_bytes = 0
         self.objects_written = 0
@@ -406,6 +413,64 @@ class StreamEngine:
                 raise StorageError(self._failed)
         self._inflight += need
 
+    async def append_foreign(self, stream_id: int, payload: bytes | memoryview,
+                             timeout: float | None = None) -> int:
+        """Make a batch of another broker's stream durable in this WAL, pinned (the WAL is
+        not trimmed past it until `unpin`); returns its position. Waits for room as any
+        append does."""
+        await self.reserve(len(payload), timeout)
+        try:
+            end = await self.wal.append(FOREIGN_BIT | stream_id, 0, 0, 0, payload)
+        except BaseException as exc:
+            self.fail(f"WAL append failed: {exc!r}")
+            raise StorageError(self._failed) from exc
+        finally:
+            self.release(len(payload))
+        at = self.wal.record_start(end, len(payload))
+        if at is None:
+            raise StorageError("this WAL cannot be read by position: no proxy produce")
+        self._pins[at] = self._pins.get(at, 0) + 1
+        return at
+
+    def unpin(self, position: int) -> None:
+        """The owner has its own copy of the foreign record at `position` (or will never
+        read it); the WAL may be trimmed past it."""
+        n = self._pins.get(position, 0) - 1
+        if n > 0:
+            self._pins[position] = n
+            return
+        self._pins.pop(position, None)
+        if self._trimmer is None or self._trimmer.done():
+            self._trimmer = asyncio.ensure_future(self._trim_unpinned())
+
+    @property
+    def pinned_bytes(self) -> int:
+        """WAL bytes from the oldest pin on: what proxied produces in flight hold."""
+        return self.wal.end_position - min(self._pins) if self._pins else 0
+
+    def _trim_limit(self, upto: int) -> int:
+        return min(upto, min(self._pins)) if self._pins else upto
+
+    async def _trim_unpinned(self) -> None:
+        """Trim what only foreign records held: up to the oldest pin, or the first record
+        the log cache still needs (nothing while an own append has no position yet)."""
+        async with self._upload_lock:
+            head = self.cache.head()
+            if head is not None:
+                if head.wal_position < 0:
+                    return
+                upto = self.wal.record_start(head.wal_position, len(head.payload))
+                if upto is None:
+                    return
+            elif self._inflight:
+                return
+            else:
+                upto = self.wal.end_position
+            upto = self._trim_limit(upto)
+            if upto > self.wal.trim_position:
+                await self.wal.trim(upto)
+                self._space.set()
+
     def release(self, nbytes: int) -> None:
         """Give back a reservation whose append was cancelled before reaching the WAL."""
         self._inflight -= 2 * (nbytes + RECORD_OVERHEAD)
@@ -518,7 +583,7 @@ class StreamEngine:
                         self.blocks.put(key, b.position, builder.block_records(i), b.size)
                 size += builder.size
             self.cache.drop_uploaded(entries)
-            await self.wal.trim(entries[-1].wal_position)
+            await self.wal.trim(self._trim_limit(entries[-1].wal_position))
             self._space.set()
             self.uploads += 1
             self.uploaded_bytes += size

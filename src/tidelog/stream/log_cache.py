@@ -91,6 +91,10 @@ class LogCache:
             i += 1
         return out
 
+    def head(self) -> CacheEntry | None:
+        """The oldest entry in WAL order (what the WAL may not be trimmed past)."""
+        return self._order[0] if self._order else None
+
     def entries(self, stream_id: int) -> list[CacheEntry]:
         s = self._streams.get(stream_id)
         return s.entries if s else []

@@ -1,6 +1,7 @@
-"""Fetch through a same-zone broker: this broker answers a zoned client's Fetch for a
-partition owned in another zone, and no record byte crosses zones between brokers
-(docs/design/0003-zones.md, "Fetch through a proxy").
+"""Reads of other brokers' WAL files on the shared volume, by position: a proxy's foreign
+records for their owner (produce through a proxy), and fetch through a same-zone broker:
+this broker answers a zoned client's Fetch for a partition owned in another zone, and no
+record byte crosses zones between brokers (docs/design/0003-zones.md).
 
 The owner is asked where the records are (TailIndex, long-polled like the fetch itself:
 control bytes only); what it has uploaded is read from objects through this broker's own
@@ -18,7 +19,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from tidelog.stream.engine import StreamEngine
+from tidelog.stream.engine import FOREIGN_BIT, StreamEngine
 from tidelog.stream.wal.ring_read import Expect, RingRecordReader
 from tidelog.zone.tail_wire import (
     TAIL_INDEX,
@@ -146,6 +147,17 @@ class RemoteFetch:
         bufs, _ = await self._engine.read(sid, start, stop, max_bytes)
         self.stats.object_bytes += sum(len(b) for b in bufs)
         return bufs
+
+    async def read_foreign(self, node: int, position: int, stream_id: int, length: int
+                           ) -> bytes | None:
+        """The batch a proxy (`node`) wrote for `stream_id` into its WAL at `position`, or
+        None when its WAL holds no such record there (any more)."""
+        path = self._wal_path(node)
+        if path is None:
+            return None
+        expect = (FOREIGN_BIT | stream_id, 0, 0, length)
+        [payload] = await asyncio.to_thread(self._read_wal, path, [(position, expect)])
+        return payload
 
     def _read_wal(self, path: str, wanted: list[tuple[int, Expect]]) -> list[bytes | None]:
         """In a thread: each (position, expected record) of the WAL file at `path`."""

@@ -1,0 +1,63 @@
+"""Zone routing (docs/design/0003-zones.md): a zoned client is told that a broker of its
+own zone leads every partition (`zone.routing.enable`), and that broker stands in for
+the owner: it writes produce through (`zone/produce_proxy.py`), serves fetches from the
+shared WAL volume and objects (`zone/remote_fetch.py`), and passes on to the owner what
+only the owner can answer (ListOffsets, OffsetForLeaderEpoch: control bytes)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+
+from tidelog.api.base import Context, error
+from tidelog.protocol.codec import RequestHeader
+
+log = logging.getLogger(__name__)
+
+
+def stand_in_brokers(ctx: Context, header: RequestHeader) -> list[int] | None:
+    """The live brokers of the client's zone when it is routed there (None: plain Kafka
+    metadata: no routing, no known zone, or no broker in it)."""
+    if ctx.produce_proxy is None or ctx.zone_fetch() is None or header.zone is None:
+        return None
+    return ctx.zone_brokers(header.zone) or None
+
+
+def proxied_owner(ctx: Context, header: RequestHeader, name: str, index: int) -> int | None:
+    """The owner of a partition this broker stands in for, for this client: routing is
+    on, the client is zoned, the partition lives on another broker whose WAL this one
+    can read. None: served here as usual (owned here, or answered as not led here)."""
+    remote = ctx.zone_fetch()
+    if (ctx.produce_proxy is None or remote is None or header.zone is None
+            or ctx.topics.partition(name, index) is not None):
+        return None
+    topic = ctx.topics.get(name)
+    if topic is None or not 0 <= index < topic.count:
+        return None
+    owner, _epoch = ctx.topics.leader(topic, index)
+    if owner < 0 or owner == ctx.broker.node_id or not remote.serves(owner):
+        return None
+    return owner
+
+
+async def ask_owner(ctx: Context, owner: int, req: Any, topic: Any, partition: Any) -> Any:
+    """`req` cut down to one partition (`topic` and `partition` are its own entries),
+    sent to `owner`; the answer's one partition entry, or None when the owner cannot be
+    reached (the client gets NOT_LEADER_OR_FOLLOWER and looks again)."""
+    if ctx.peer is None:
+        return None
+    one = dataclasses.replace(req, topics=(dataclasses.replace(topic,
+                                                               partitions=(partition,)),))
+    try:
+        resp = await ctx.peer(owner, one)
+        return resp.topics[0].partitions[0]
+    except Exception as exc:
+        log.info("asking broker %d for %s failed: %r", owner, type(req).__name__, exc)
+        return None
+
+
+def unreachable() -> ErrorCode:
+    return error("not_leader_or_follower")
