@@ -252,7 +252,7 @@ class Broker:
 
             self.transactions.remote_markers = remote
             remote_fetch = self._remote_fetch(peers, own_wal)
-            if remote_fetch is not None and c.get_bool("zone.routing.enable"):
+            if remote_fetch is not None:
                 self.produce_proxy = ProduceProxy(engine, peers.call, node_id)
             peer_request: PeerRequest | None = peers.request
         else:
@@ -263,8 +263,6 @@ class Broker:
             cluster_id=c.get_str("cluster.id"),
             auto_create_topics=c.get_bool("auto.create.topics.enable"),
             num_partitions=c.get_int("num.partitions"),
-            zone_fetch=c.get_bool("zone.fetch.enable"),
-            zone_routing=c.get_bool("zone.routing.enable"),
         )
         info = BrokerInfo(node_id, advertised.host, advertised.port,
                           c.get_str("broker.rack") or None, _endpoints(adverts))

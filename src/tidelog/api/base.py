@@ -57,11 +57,6 @@ class BrokerConfig:
     auto_create_topics: bool = True
     num_partitions: int = 1
     fetch_max_wait_cap: float = 30.0
-    zone_fetch: bool = False
-    """`zone.fetch.enable`: zoned fetches through a same-zone broker."""
-    zone_routing: bool = False
-    """`zone.routing.enable`: zoned clients are told a same-zone broker leads every
-    partition, and produce through it."""
 
 
 @dataclass(slots=True)
@@ -78,16 +73,25 @@ class Context:
     cluster: ClusterView | None = None
     remote_fetch: RemoteFetch | None = None
     """Reads of the other brokers' WAL files (a cluster on a shared volume): for zoned
-    fetches (`config.zone_fetch`: this broker serves a zoned client's fetch of a
+    fetches (`zone.fetch.enable`: this broker serves a zoned client's fetch of a
     partition owned in another zone, and as an owner names a broker of the client's zone
     as the preferred read replica, KIP-392) and an owner's reads of proxied batches."""
     produce_proxy: ProduceProxy | None = None
-    """Set with `config.zone_routing` (docs/design/0003-zones.md)."""
+    """Produce through this broker for a zoned client (docs/design/0003-zones.md); used
+    while `zone.routing.enable` is on (a broker config that may change at run time)."""
     peer: PeerRequest | None = None
     """A Kafka request to another broker (a proxy passes on what only the owner answers)."""
 
     def zone_fetch(self) -> RemoteFetch | None:
-        return self.remote_fetch if self.config.zone_fetch or self.config.zone_routing else None
+        """The WAL reader while zoned fetches go through a same-zone broker
+        (`zone.fetch.enable`, or routing, which needs it)."""
+        flags = self.topics.flags
+        return self.remote_fetch if (flags["zone.fetch.enable"]
+                                     or flags["zone.routing.enable"]) else None
+
+    def zone_proxy(self) -> ProduceProxy | None:
+        """The produce proxy while `zone.routing.enable` is on."""
+        return self.produce_proxy if self.topics.flags["zone.routing.enable"] else None
 
     def zone_brokers(self, zone: str | None) -> list[int]:
         """The live brokers of `zone` by node id (none for no zone): a stream's broker there

@@ -142,9 +142,10 @@ async def _through_proxy(ctx: Context, header: RequestHeader, owner: int,
                          parts: list[tuple[int, str, int, bytes]], acks: int,
                          timeout: float) -> list[Outcome]:
     """Write `parts` here, have their owner append them (docs/design/0003-zones.md)."""
-    assert ctx.produce_proxy is not None
+    proxy = ctx.produce_proxy
+    assert proxy is not None
     try:
-        answers = await ctx.produce_proxy.produce(owner, parts, acks, timeout)
+        answers = await proxy.produce(owner, parts, acks, timeout)
     except BackPressureTimeout as exc:
         return [(error("request_timed_out"), -1, -1, str(exc), -1, _NO_ERRORS)] * len(parts)
     except StorageError as exc:

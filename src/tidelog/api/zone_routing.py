@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 def stand_in_brokers(ctx: Context, header: RequestHeader) -> list[int] | None:
     """The live brokers of the client's zone when it is routed there (None: plain Kafka
     metadata: no routing, no known zone, or no broker in it)."""
-    if ctx.produce_proxy is None or ctx.zone_fetch() is None or header.zone is None:
+    if ctx.zone_proxy() is None or ctx.zone_fetch() is None or header.zone is None:
         return None
     return ctx.zone_brokers(header.zone) or None
 
@@ -31,7 +31,7 @@ def proxied_owner(ctx: Context, header: RequestHeader, name: str, index: int) ->
     on, the client is zoned, the partition lives on another broker whose WAL this one
     can read. None: served here as usual (owned here, or answered as not led here)."""
     remote = ctx.zone_fetch()
-    if (ctx.produce_proxy is None or remote is None or header.zone is None
+    if (ctx.zone_proxy() is None or remote is None or header.zone is None
             or ctx.topics.partition(name, index) is not None):
         return None
     topic = ctx.topics.get(name)

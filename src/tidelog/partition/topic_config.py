@@ -395,6 +395,15 @@ def validate(topic_configs: Mapping[str, str], broker: Mapping[str, str]) -> Top
     return cfg
 
 
+RUNTIME_BROKER_FLAGS = ("zone.fetch.enable", "zone.routing.enable")
+"""Broker switches (true/false) that may also change at run time, cluster-wide or per
+broker, as Kafka's dynamic broker configs (docs/design/0003-zones.md)."""
+
+
+def runtime_flag(configs: Mapping[str, str], name: str) -> bool:
+    return configs.get(name, "false").strip().lower() in ("true", "1", "yes")
+
+
 def validate_broker(dynamic: Mapping[str, str], broker: Mapping[str, str],
                     static: Collection[str] | None = None) -> None:
     """Check dynamic broker configs: of the broker's own settings (`static`: the names
@@ -404,9 +413,15 @@ def validate_broker(dynamic: Mapping[str, str], broker: Mapping[str, str],
     tools read them); Tidelog itself does not act on it. `broker` is the current
     configuration the change must stay consistent with."""
     fixed_names = broker if static is None else static
-    fixed = sorted(k for k in dynamic if k not in SYNONYMS and k in fixed_names)
+    fixed = sorted(k for k in dynamic if k not in SYNONYMS and k in fixed_names
+                   and k not in RUNTIME_BROKER_FLAGS)
     if fixed:
         raise ReadOnlyConfig(f"Cannot update these configs dynamically: {fixed}")
+    for name in RUNTIME_BROKER_FLAGS:
+        if name in dynamic and dynamic[name].strip().lower() not in (
+                "true", "false", "1", "0", "yes", "no"):
+            raise InvalidConfig(f"Invalid value {dynamic[name]} for configuration {name}: "
+                                f"Expected value to be either true or false")
     merged = {**broker, **dynamic}
     for name in dynamic:
         if name in SYNONYMS:

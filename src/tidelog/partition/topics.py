@@ -36,10 +36,12 @@ from tidelog.metadata.base import (
 )
 from tidelog.partition.partition import DEFAULT_CONFIG, PRODUCERS, Partition
 from tidelog.partition.topic_config import (
+    RUNTIME_BROKER_FLAGS,
     InvalidConfig,
     ReadOnlyConfig,
     TopicConfig,
     resolve,
+    runtime_flag,
     validate,
     validate_broker,
 )
@@ -153,6 +155,8 @@ class TopicManager:
         self._dynamic_versions: dict[str, int] = {}
         self._admin = asyncio.Lock()
         self.defaults = resolve({}, self.static_configs)  # a bad broker value fails the start
+        self.flags = self._flags()
+        """`RUNTIME_BROKER_FLAGS` as they stand now (static, then dynamic layers)."""
         self.orphan_grace = int(self.static_configs.get("orphan.stream.grace.ms",
                                                         "300000")) / 1000
         self._orphans: dict[int, tuple[int, float]] = {}
@@ -169,6 +173,10 @@ class TopicManager:
         self._move_failures: dict[int, int] = {}
         self.moves_done = 0
         self.last_move_seconds = 0.0
+
+    def _flags(self) -> dict[str, bool]:
+        configs = self.broker_configs
+        return {name: runtime_flag(configs, name) for name in RUNTIME_BROKER_FLAGS}
 
     @property
     def broker_configs(self) -> dict[str, str]:
@@ -192,6 +200,7 @@ class TopicManager:
                 self.dynamic_configs[scope] = json.loads(entry.value)["configs"]
                 self._dynamic_versions[scope] = entry.version
         self.defaults = _lenient({}, self.broker_configs)
+        self.flags = self._flags()
         named: set[int] = set()
         topics = await self.meta.list_all(TOPICS)
         if self.cluster:
@@ -672,6 +681,7 @@ class TopicManager:
         self.dynamic_configs[scope] = configs
         self._dynamic_versions[scope] = 0 if event.value is None else event.version
         self.defaults = _lenient({}, self.broker_configs)
+        self.flags = self._flags()
         for topic in self.topics.values():
             self._apply_configs(topic)
 
@@ -1006,6 +1016,7 @@ class TopicManager:
                                  "describe them and retry") from None
             self.dynamic_configs[scope] = new
             self.defaults = _lenient({}, self.broker_configs)
+            self.flags = self._flags()
             for topic in self.topics.values():
                 self._apply_configs(topic)
             log.info("dynamic broker configs (%s): %s", scope, new)
