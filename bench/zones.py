@@ -1,15 +1,18 @@
-"""Zones on one machine: what a client of zone b pays to read a partition owned in zone a,
-fetching across the zone link (Kafka's way: `zone.fetch.enable=false`) or from zone b's
-own broker, which asks the owner where the records are and reads them from the shared
-WAL volume (docs/design/0003-zones.md, slice 3).
+"""Zones on one machine: what clients of zone b pay to write and read partitions owned in
+zone a, three ways: across the zone link as Kafka routes them (`zone.fetch.enable=false`),
+fetching from zone b's own broker (the default: it asks the owner where the records are
+and reads them from the shared WAL volume), and with zone routing (`zone.routing.enable`:
+produce too goes through zone b's broker, which writes the batch into its WAL and tells
+the owner where it is) (docs/design/0003-zones.md).
 
 Two brokers over one PostgreSQL, WAL directory and object store: broker 1 in zone a (it
 owns the partitions measured), broker 2 in zone b. Every byte between the zones, client
 to broker and broker to broker, goes through a userspace link proxy that delays it by
 `--delay-ms` each way (default 1 ms) and counts it; nothing leaves 127.0.0.0/8.
-A producer in zone a sends one record every few milliseconds; a consumer in zone b
-tails them. Printed, for each mode: end-to-end latency (produce call to consume) P50 and
-P99, produce latency, and bytes over the zone link per record byte consumed.
+A producer in zone b sends one record every few milliseconds (acks=all, one at a time);
+a consumer in zone b tails them. Printed, for each mode: produce latency and end-to-end
+latency (produce call to consume) P50 and P99, bytes over the zone link per record byte,
+and WAL bytes written per record byte produced.
 
 Prints figures; asserts nothing. Run: `.venv/bin/python bench/zones.py [--records N]`.
 """
@@ -34,6 +37,7 @@ from tests.integration.link_proxy import LinkProxy, free_port  # noqa: E402
 
 from tidelog.tools.local_postgres import start as start_postgres  # noqa: E402
 from tidelog.tools.local_postgres import stop as stop_postgres  # noqa: E402
+from tidelog.tools.status import scrape as status_scrape  # noqa: E402
 
 SIZE = 1024
 
@@ -83,11 +87,15 @@ class Zones:
     def bootstrap(self, zone: str) -> str:
         return ",".join(f"{h}:{p}" for h, p in self.zone_listener[zone].values())
 
-    def start(self, fetch_through_zone: bool) -> Zones:
+    def start(self, settings: dict[str, str]) -> Zones:
         for b in self.brokers.values():
-            b.settings["zone.fetch.enable"] = str(fetch_through_zone).lower()
+            b.settings.update(settings)
             b.start(timeout=60)
         return self
+
+    def wal_bytes(self) -> float:
+        return sum(status_scrape(b.metrics_url).value("tidelog_wal_bytes_written_total")
+                   for b in self.brokers.values())
 
     def carried(self) -> int:
         return sum(link.sent_up + link.sent_down for link in self.links)
@@ -105,9 +113,9 @@ def owned_by(bootstrap: str, topic: str, node: int) -> list[int]:
 
 
 def run(zones: Zones, topic: str, partitions: list[int], n: int, interval: float
-        ) -> tuple[list[float], list[float], int]:
-    """(end-to-end ms, produce ms, bytes over the zone link) for `n` records produced in
-    zone a and consumed in zone b."""
+        ) -> tuple[list[float], list[float], int, float]:
+    """(end-to-end ms, produce ms, bytes over the zone link, WAL bytes written) for `n`
+    records produced and consumed in zone b."""
     sent: dict[bytes, float] = {}
     e2e: list[float] = []
     got = threading.Event()
@@ -127,7 +135,7 @@ def run(zones: Zones, topic: str, partitions: list[int], n: int, interval: float
                     if len(e2e) >= n:
                         got.set()
 
-    p = Producer({"bootstrap.servers": zones.bootstrap("a"), "acks": "all", "linger.ms": 0})
+    p = Producer({"bootstrap.servers": zones.bootstrap("b"), "acks": "all", "linger.ms": 0})
     # wait until the consumer is assigned and positioned, then warm up the path
     while not c.assignment():
         c.poll(0.1)
@@ -135,6 +143,7 @@ def run(zones: Zones, topic: str, partitions: list[int], n: int, interval: float
     reader.start()
     produce_ms: list[float] = []
     carried_before = carried = 0
+    wal_before = wal = 0.0
     try:
         for i in range(200 + n):
             if i == 200:
@@ -151,15 +160,16 @@ def run(zones: Zones, topic: str, partitions: list[int], n: int, interval: float
             if i >= 200:
                 produce_ms.append((time.perf_counter() - t) * 1000)
             if i == 200:
-                carried_before = zones.carried()
+                carried_before, wal_before = zones.carried(), zones.wal_bytes()
             time.sleep(interval)
         got.wait(60)
         carried = zones.carried() - carried_before
+        wal = zones.wal_bytes() - wal_before
     finally:
         stop.set()
         reader.join()
         c.close()
-    return e2e[:n], produce_ms, carried
+    return e2e[:n], produce_ms, carried, wal
 
 
 def main() -> None:
@@ -172,31 +182,37 @@ def main() -> None:
     pg_dir = root / "postgres"
     try:
         pg = start_postgres(pg_dir)
-        print(f"2 zones, a link delay of {args.delay_ms} ms each way, {args.records} "
-              f"records of {SIZE} B produced in zone a (to broker 1), consumed in "
-              f"zone b, one every {args.interval_ms} ms")
+        print(f"2 zones, a link delay of {args.delay_ms} ms each way; {args.records} "
+              f"records of {SIZE} B to partitions broker 1 (zone a) owns, produced and "
+              f"consumed in zone b, one every {args.interval_ms} ms")
+        modes = {
+            "across zones (Kafka)": {"zone.fetch.enable": "false"},
+            "fetch in the zone": {"zone.fetch.enable": "true"},
+            "zone routing": {"zone.routing.enable": "true"},
+        }
         rows = []
-        for through in (False, True):  # a cluster each
-            mode = "through" if through else "across"
-            zones = Zones(root / mode, pg.create_database(f"zones_{mode}"),
-                          args.delay_ms / 1000).start(fetch_through_zone=through)
+        for i, (what, settings) in enumerate(modes.items()):  # a cluster each
+            zones = Zones(root / f"mode-{i}", pg.create_database(f"zones_{i}"),
+                          args.delay_ms / 1000).start(settings)
             try:
                 admin = AdminClient({"bootstrap.servers": zones.bootstrap("a")})
                 admin.create_topics([NewTopic("zoned", 6)])["zoned"].result(30)
                 partitions = owned_by(zones.bootstrap("a"), "zoned", 1)
-                e2e, prod, carried = run(zones, "zoned", partitions, args.records,
-                                         args.interval_ms / 1000)
-                rows.append((through, e2e, prod, carried))
+                rows.append((what, *run(zones, "zoned", partitions, args.records,
+                                        args.interval_ms / 1000)))
             finally:
                 zones.stop()
-        for through, e2e, prod, carried in rows:
-            what = "fetch from zone b's broker" if through else "fetch across zones (Kafka)"
-            print(f"  {what:28s} end-to-end P50 {pct(e2e, 50):6.2f} ms  "
-                  f"P99 {pct(e2e, 99):6.2f} ms   produce P50 {pct(prod, 50):.2f} ms   "
-                  f"zone link bytes per record byte {carried / (max(len(e2e), 1) * SIZE):.3f}")
-        base, zoned = rows[0][1], rows[1][1]
-        print(f"  from zone b's broker / across zones: end-to-end P50 "
-              f"{pct(zoned, 50) / pct(base, 50):.2f}x, P99 {pct(zoned, 99) / pct(base, 99):.2f}x")
+        for what, e2e, prod, carried, wal in rows:
+            n = max(len(e2e), 1) * SIZE
+            print(f"  {what:22s} produce P50 {pct(prod, 50):5.2f} ms P99 {pct(prod, 99):5.2f} ms"
+                  f"   end-to-end P50 {pct(e2e, 50):5.2f} ms P99 {pct(e2e, 99):5.2f} ms"
+                  f"   zone link bytes/record byte {carried / n:.3f}"
+                  f"   WAL bytes/record byte {wal / n:.2f}")
+        base = rows[0]
+        for what, e2e, prod, _c, _w in rows[1:]:
+            print(f"  {what} / across zones: produce P50 {pct(prod, 50) / pct(base[2], 50):.2f}x"
+                  f", end-to-end P50 {pct(e2e, 50) / pct(base[1], 50):.2f}x, "
+                  f"P99 {pct(e2e, 99) / pct(base[1], 99):.2f}x")
     finally:
         stop_postgres(pg_dir)
         shutil.rmtree(root, ignore_errors=True)

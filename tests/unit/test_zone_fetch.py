@@ -78,7 +78,8 @@ class Owner:
         return t.streams[0]
 
     async def call(self, node: int, api_key: int, version: int, body: bytes,
-                   timeout: float, client_id: str = "tidelog-broker-2") -> memoryview:
+                   timeout: float | None = None, long_poll: bool = False,
+                   client_id: str = "tidelog-broker-2") -> memoryview:
         assert node == 1
         frame = encode_private_request(api_key, version, 9, client_id, body)
         out = await self.dispatcher(frame[4:], self.conn)

@@ -34,6 +34,9 @@ class _Connection:
         self.reader = reader
         self.writer = writer
         self.pending: dict[int, asyncio.Future[bytes]] = {}
+        self.outstanding = 0
+        """Requests sent and not answered yet, given up on or not: the peer answers in
+        order, so a connection with one is no idle one for a long poll."""
         self.task = asyncio.get_running_loop().create_task(self._read(), name="peer-reader")
 
     async def _read(self) -> None:
@@ -41,6 +44,7 @@ class _Connection:
             while True:
                 (size,) = struct.unpack(">i", await self.reader.readexactly(4))
                 frame = await self.reader.readexactly(size)
+                self.outstanding -= 1
                 fut = self.pending.pop(response_correlation(frame), None)
                 if fut is not None and not fut.done():
                     fut.set_result(frame)
@@ -75,6 +79,10 @@ class PeerClient:
         self._address = address
         self._timeout = timeout
         self._conns: dict[int, _Connection] = {}
+        self._polls: dict[int, list[_Connection]] = {}
+        """Connections for long polls, one request at a time each: a broker answers a
+        connection's requests in order, so a parked poll would hold every answer after
+        it (a produce forward's, another fetch's)."""
         self._locks: dict[int, asyncio.Lock] = {}
         self._corr = itertools.count(1)
 
@@ -85,18 +93,20 @@ class PeerClient:
         return decode_response(body.__api_key__, body.__version__, frame)
 
     async def call(self, node: int, api_key: int, version: int, body: bytes,
-                   timeout: float | None = None) -> memoryview:
+                   timeout: float | None = None, long_poll: bool = False) -> memoryview:
         """A Tidelog private request (`codec.PRIVATE_API_KEYS`) to broker `node`; the
-        body of its response. `timeout` (default the client's) covers a long poll."""
+        body of its response. `timeout` (default the client's) covers a long poll;
+        `long_poll` sends it on a connection of its own (see `_polls`)."""
         frame = await self._exchange(
             node, lambda corr: encode_private_request(api_key, version, corr,
                                                       self._client_id, body),
-            self._timeout if timeout is None else timeout)
+            self._timeout if timeout is None else timeout, long_poll)
         return memoryview(frame)[4:]
 
     async def _exchange(self, node: int, encode: Callable[[int], bytes],
-                        timeout: float) -> bytes:
-        conn = await self._connection(node)
+                        timeout: float, long_poll: bool = False) -> bytes:
+        conn = await (self._idle(node) if long_poll else self._connection(node))
+        conn.outstanding += 1
         corr = next(self._corr) & 0x7FFFFFFF
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         conn.pending[corr] = fut
@@ -108,6 +118,28 @@ class PeerClient:
         finally:  # answered, timed out or cancelled: a late answer is dropped
             conn.pending.pop(corr, None)
 
+    async def _idle(self, node: int) -> _Connection:
+        """A poll connection to `node` with nothing outstanding (a new one if none)."""
+        pool = self._polls.setdefault(node, [])
+        pool[:] = [c for c in pool if not c.closed]
+        for conn in pool:
+            if conn.outstanding == 0:
+                return conn
+        conn = await self._open(node)
+        pool.append(conn)
+        return conn
+
+    async def _open(self, node: int) -> _Connection:
+        where = self._address(node)
+        if where is None:
+            raise PeerUnavailable(f"broker {node} is not live")
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(*where),
+                                                    self._timeout)
+        except (OSError, TimeoutError) as exc:
+            raise PeerUnavailable(f"broker {node} at {where[0]}:{where[1]}: {exc}") from None
+        return _Connection(reader, writer)
+
     async def _connection(self, node: int) -> _Connection:
         conn = self._conns.get(node)
         if conn is not None and not conn.closed:
@@ -117,18 +149,13 @@ class PeerClient:
             conn = self._conns.get(node)
             if conn is not None and not conn.closed:
                 return conn
-            where = self._address(node)
-            if where is None:
-                raise PeerUnavailable(f"broker {node} is not live")
-            try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(*where),
-                                                        self._timeout)
-            except (OSError, TimeoutError) as exc:
-                raise PeerUnavailable(f"broker {node} at {where[0]}:{where[1]}: {exc}") from None
-            conn = self._conns[node] = _Connection(reader, writer)
+            conn = self._conns[node] = await self._open(node)
             return conn
 
     async def close(self) -> None:
-        conns, self._conns = self._conns, {}
-        for conn in conns.values():
+        conns, self._conns = list(self._conns.values()), {}
+        for pool in self._polls.values():
+            conns += pool
+        self._polls = {}
+        for conn in conns:
             await conn.close()

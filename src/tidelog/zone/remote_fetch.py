@@ -18,6 +18,7 @@ import os
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from tidelog.stream.engine import FOREIGN_BIT, StreamEngine
 from tidelog.stream.wal.ring_read import Expect, RingRecordReader
@@ -34,8 +35,13 @@ from tidelog.zone.tail_wire import (
 
 log = logging.getLogger(__name__)
 
-Call = Callable[[int, int, int, bytes, float], Awaitable[memoryview]]
-"""(node, api key, version, body, timeout) -> the body of a peer's answer."""
+class Call(Protocol):
+    """(node, api key, version, body, timeout, long poll?) -> the body of a peer's
+    answer; a long poll goes on a connection nothing else waits behind."""
+
+    def __call__(self, node: int, api_key: int, version: int, body: bytes,
+                 timeout: float | None = None, long_poll: bool = False
+                 ) -> Awaitable[memoryview]: ...
 WalPath = Callable[[int], str | None]
 """node -> the path of its ring WAL file, or None (unknown, or not a file)."""
 
@@ -97,7 +103,8 @@ class RemoteFetch:
         body = encode_request(TailRequest(int(max_wait * 1000), committed,
                                           [p for _, p in parts]))
         self.stats.requests += 1
-        raw = await self._call(owner, TAIL_INDEX, VERSION, body, max_wait + ANSWER_SLACK)
+        raw = await self._call(owner, TAIL_INDEX, VERSION, body, max_wait + ANSWER_SLACK,
+                               long_poll=max_wait > 0)
         answers = decode_answers(raw)
         if len(answers) != len(parts):
             raise WireError(f"{len(answers)} answers to {len(parts)} partitions")
