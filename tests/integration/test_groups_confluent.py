@@ -63,7 +63,7 @@ class Member:
         self.committed: dict[int, int] = {}
         self.assignment: set[int] = set()
         self.phase = 0
-        self.commit_refused: set[int] = set()  # numbers whose commit a rebalance refused
+        self.commit_refused: set[int] = set()  # numbers no confirmed commit covers
 
     def record(self, msgs: list[tuple[int, int, int]]) -> None:
         self.consumed += [(self.phase, p, o, n) for p, o, n in msgs]
@@ -83,15 +83,17 @@ class Local(Member):
         if not msgs:
             return
         self.record([(m.partition(), m.offset(), int(m.value())) for m in msgs])
+        confirmed: dict[int, int] = {}
         try:
             for tp in self.consumer.commit(asynchronous=False) or ():
                 if tp.error is None:
-                    self.committed[tp.partition] = tp.offset
-                else:  # refused for this partition alone (a rebalance began)
-                    self.commit_refused.update(int(m.value()) for m in msgs
-                                               if m.partition() == tp.partition)
+                    self.committed[tp.partition] = confirmed[tp.partition] = tp.offset
         except KafkaException:  # a rebalance: the next owner consumes these again
-            self.commit_refused.update(int(m.value()) for m in msgs)
+            pass
+        # at least once: a record may come again unless a commit past it was confirmed
+        # (refused, raised, or left out: a rebalance took the partition meanwhile)
+        self.commit_refused.update(int(m.value()) for m in msgs
+                                   if confirmed.get(m.partition(), -1) <= m.offset())
 
 
 class Child(Member):
