@@ -337,3 +337,15 @@ async def test_streams_of_a_create_or_delete_cut_short_are_deleted_on_load(
     await broker.stop()
     topics = await broker.start()  # and it stays that way
     assert set(topics.topics) == {"kept"} and len(broker.engine.streams) == 1
+
+
+def test_the_zone_switches_may_change_at_run_time() -> None:
+    from tidelog.config import DEFAULTS
+    from tidelog.partition.topic_config import InvalidConfig, validate_broker
+
+    validate_broker({"zone.routing.enable": "true", "zone.fetch.enable": "false"},
+                    DEFAULTS, DEFAULTS)
+    with pytest.raises(InvalidConfig, match="either true or false"):
+        validate_broker({"zone.routing.enable": "maybe"}, DEFAULTS, DEFAULTS)
+    with pytest.raises(InvalidConfig, match="dynamically"):
+        validate_broker({"wal.uri": "file:///elsewhere"}, DEFAULTS, DEFAULTS)
