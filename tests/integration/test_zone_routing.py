@@ -175,6 +175,42 @@ def test_list_offsets_and_committed_offsets_through_a_proxy(routed: ZonedCluster
         c.close()
 
 
+def test_delete_records_and_describe_producers_through_a_proxy(routed: ZonedCluster) -> None:
+    """Admin requests a client sends a partition's leader reach the owner through zone
+    a's broker: DeleteRecords (confluent-kafka) and DescribeProducers (kafka-python)."""
+    from kafka import KafkaAdminClient
+    from kafka import TopicPartition as KpTopicPartition
+
+    topic = "routed-admin"
+    create(routed.cluster.bootstrap, topic)
+    boot = routed.bootstrap(routed.za)
+    produce_numbered(boot, topic, "d", 1200, **{"enable.idempotence": True})
+    elsewhere = [p for p in range(12)  # partitions zone a's broker does not own
+                 if p not in owned_by(routed.cluster.bootstrap, topic, 1)]
+    admin = AdminClient({"bootstrap.servers": boot})
+    done = admin.delete_records([TopicPartition(topic, p, 40) for p in elsewhere])
+    assert {tp.partition: f.result(30).low_watermark for tp, f in done.items()} == {
+        p: 40 for p in elsewhere}
+    c = Consumer({"bootstrap.servers": boot, "group.id": uuid.uuid4().hex})
+    try:
+        assert {c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[0]
+                for p in elsewhere} == {40}
+    finally:
+        c.close()
+    kp = KafkaAdminClient(bootstrap_servers=boot)
+    try:
+        states = kp.describe_producers([KpTopicPartition(topic, elsewhere[0])])
+        [state] = states[KpTopicPartition(topic, elsewhere[0])].active_producers
+        assert state.producer_id >= 0 and state.last_sequence == 99
+    finally:
+        kp.close()
+
+
+def owned_by(bootstrap: str, topic: str, node: int) -> set[int]:
+    md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10)
+    return {p.id for p in md.topics[topic].partitions.values() if p.leader == node}
+
+
 # ---- failures: last in the module, each brings its victim back ----------------------
 
 @pytest.mark.parametrize("victim", [1, 2], ids=["owner-in-zone-a", "proxy-in-zone-b"])
@@ -202,3 +238,4 @@ def test_nothing_acknowledged_is_lost_when_an_owner_or_a_proxy_is_killed(
     verify(load, routed.cluster.bootstrap, topic)
     print(f"\nbroker {victim} killed under a zone b producer: {len(load.acked)} acknowledged "
           f"records, none lost")
+

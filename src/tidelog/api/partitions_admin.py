@@ -100,13 +100,25 @@ async def _refused(code: str) -> tuple[ErrorCode, int]:
     return error(code), -1
 
 
+async def _owner_delete(ctx: Context, owner: int, req: Any, t: Any, p: Any
+                        ) -> tuple[ErrorCode, int]:
+    """The owner's answer, for a partition this broker stands in for (zone routing)."""
+    got = await ask_owner(ctx, owner, req, t, p)
+    return (unreachable(), -1) if got is None else (ErrorCode(got.error_code),
+                                                      got.low_watermark)
+
+
 async def handle_delete_records(ctx: Context, header: RequestHeader, req: Any) -> Any:
     mod = response_module(DELETE_RECORDS, header.api_version)
-    jobs = [(t.name, p.partition_index,
-             _delete(ctx, t.name, p.partition_index, p.offset)
-             if ctx.allowed(header, Operation.DELETE, ResourceType.TOPIC, t.name)
-             else _refused("topic_authorization_failed"))
-            for t in req.topics for p in t.partitions]
+    jobs = []
+    for t in req.topics:
+        allowed = ctx.allowed(header, Operation.DELETE, ResourceType.TOPIC, t.name)
+        for p in t.partitions:
+            owner = proxied_owner(ctx, header, t.name, p.partition_index) if allowed else None
+            jobs.append((t.name, p.partition_index,
+                         _refused("topic_authorization_failed") if not allowed else
+                         _delete(ctx, t.name, p.partition_index, p.offset) if owner is None
+                         else _owner_delete(ctx, owner, req, t, p)))
     done = await asyncio.gather(*(j[2] for j in jobs))
     by_topic: dict[str, list[Any]] = {}
     for (name, index, _), (code, low) in zip(jobs, done, strict=True):
@@ -215,6 +227,13 @@ async def handle_describe_producers(ctx: Context, header: RequestHeader, req: An
         parts = []
         for i in t.partition_indexes:
             p = ctx.topics.partition(t.name, i)
+            owner = proxied_owner(ctx, header, t.name, i) if p is None else None
+            if owner is not None:
+                got = await ask_owner(ctx, owner, req, t, i, field="partition_indexes")
+                parts.append(got if got is not None else make(
+                    mod.PartitionResponse, partition_index=i, error_code=unreachable(),
+                    error_message=f"broker {owner} did not answer", active_producers=()))
+                continue
             if p is None:
                 parts.append(make(mod.PartitionResponse, partition_index=i,
                                   error_code=error(ctx.topics.missing(t.name, i)),

@@ -2,7 +2,8 @@
 own zone leads every partition (`zone.routing.enable`), and that broker stands in for
 the owner: it writes produce through (`zone/produce_proxy.py`), serves fetches from the
 shared WAL volume and objects (`zone/remote_fetch.py`), and passes on to the owner what
-only the owner can answer (ListOffsets, OffsetForLeaderEpoch: control bytes)."""
+only the owner can answer (ListOffsets, OffsetForLeaderEpoch, DeleteRecords,
+DescribeProducers: control bytes)."""
 
 from __future__ import annotations
 
@@ -43,14 +44,16 @@ def proxied_owner(ctx: Context, header: RequestHeader, name: str, index: int) ->
     return owner
 
 
-async def ask_owner(ctx: Context, owner: int, req: Any, topic: Any, partition: Any) -> Any:
-    """`req` cut down to one partition (`topic` and `partition` are its own entries),
-    sent to `owner`; the answer's one partition entry, or None when the owner cannot be
-    reached (the client gets NOT_LEADER_OR_FOLLOWER and looks again)."""
+async def ask_owner(ctx: Context, owner: int, req: Any, topic: Any, partition: Any,
+                    field: str = "partitions") -> Any:
+    """`req` cut down to one partition (`topic` and `partition` are its own entries; the
+    topic lists its partitions in `field`), sent to `owner`; the answer's one partition
+    entry, or None when the owner cannot be reached (the client gets
+    NOT_LEADER_OR_FOLLOWER and looks again)."""
     if ctx.peer is None:
         return None
     one = dataclasses.replace(req, topics=(dataclasses.replace(topic,
-                                                               partitions=(partition,)),))
+                                                               **{field: (partition,)}),))
     try:
         resp = await ctx.peer(owner, one)
         return resp.topics[0].partitions[0]
