@@ -84,6 +84,7 @@ class RemoteFetch:
         self._index_wait = index_wait
         self._readers: dict[str, RingRecordReader] = {}
         self._readers_lock = threading.Lock()
+        self._unreadable: set[str] = set()
         self.stats = RemoteStats()
 
     def serves(self, owner: int) -> bool:
@@ -171,7 +172,11 @@ class RemoteFetch:
         try:
             reader = self._reader(path)
         except (OSError, ValueError) as exc:
-            log.warning("cannot read the WAL %s: %s; reading objects", path, exc)
+            if path not in self._unreadable:  # once: a cluster needs a shared WAL volume
+                self._unreadable.add(path)
+                log.error("cannot read another broker's WAL %s (%s): zoned reads and "
+                          "proxied produce need the WAL directory on a volume every broker "
+                          "mounts, as failover does; reading objects only", path, exc)
             return [None] * len(wanted)
         out: list[bytes | None] = []
         for position, expect in wanted:
