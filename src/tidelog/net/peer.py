@@ -25,6 +25,11 @@ Address = Callable[[int], tuple[str, int] | None]
 """node id -> (host, port) of a live broker, or None."""
 
 
+MAX_POLL_CONNECTIONS = 16
+"""Per peer: long polls given up on (their fetch was answered from elsewhere) keep a
+connection busy until the peer answers them; beyond this many, polls share."""
+
+
 class PeerUnavailable(Exception):
     """The peer is not live, or the connection to it failed (the caller retries)."""
 
@@ -125,6 +130,8 @@ class PeerClient:
         for conn in pool:
             if conn.outstanding == 0:
                 return conn
+        if len(pool) >= MAX_POLL_CONNECTIONS:  # bounded: wait behind the least busy one
+            return min(pool, key=lambda c: c.outstanding)
         conn = await self._open(node)
         pool.append(conn)
         return conn
