@@ -141,6 +141,7 @@ def test_status_lists_every_node(cluster: Up) -> None:
         assert row, out(done)
         assert row[0][1:3] == [b["zone"], f"{b['host']}:{b['port']}"], out(done)
         assert "yes" in row[0], out(done)
+        assert row[0][-1] == "fetch", out(done)  # zone switches: the defaults
 
 
 def test_up_again_leaves_the_cluster_alone(cluster: Up) -> None:

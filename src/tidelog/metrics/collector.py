@@ -52,6 +52,7 @@ class BrokerCollector(Collector):
             out.append(lambda: storage.zone_produce(produce_proxy.stats, engine))
         if remote_fetch is not None:
             out.append(lambda: storage.zone_fetch(remote_fetch.stats))
+            out.append(lambda: storage.zone_switches(topics.flags))
         if coordinator is not None:
             out.append(lambda: kafka.consumer_groups(coordinator.offsets, topics))
         membership, election = b.membership, b.election

@@ -124,6 +124,14 @@ def zone_produce(stats: ProxyStats, engine: StreamEngine) -> Iterator[Metric]:
                 "owner has not answered yet on", engine.pinned_bytes)
 
 
+def zone_switches(flags: dict[str, bool]) -> Iterator[Metric]:
+    """Where the dynamic zone switches stand on this broker (they change at run time)."""
+    yield labelled(GaugeMetricFamily, "tidelog_zone_switch", "1 while a zone switch is on "
+                   "here: fetch (zone.fetch.enable), routing (zone.routing.enable)",
+                   ["switch"], [(["fetch"], float(flags.get("zone.fetch.enable", False))),
+                                (["routing"], float(flags.get("zone.routing.enable", False)))])
+
+
 def zone_fetch(stats: RemoteStats) -> Iterator[Metric]:
     """Fetches this broker served for zoned clients of partitions owned in other zones."""
     yield counter("tidelog_zone_fetch_requests", "TailIndex requests sent to owners in "

@@ -91,6 +91,17 @@ def _controller(s: Scrape | None) -> str:
     return "yes" if s.value(CONTROLLER_METRIC) >= 1 else "no"
 
 
+def _switches(s: Scrape | None) -> str:
+    """`fetch`, `fetch+routing`, `off`: the dynamic zone switches (docs/design/0003);
+    `-` where the broker has none (no shared WAL files, or no answer)."""
+    if s is None:
+        return "-"
+    on = [labels.get("switch", "") for labels, v in s.series("tidelog_zone_switch") if v]
+    if not s.series("tidelog_zone_switch"):
+        return "-"
+    return "+".join(sorted(on, key=["fetch", "routing"].index)) if on else "off"
+
+
 def report(out: TextIO, state: ClusterState) -> bool:
     """Print the status; True when every recorded broker is alive."""
     live = {b.node_id: alive(b.pid, b.argv) for b in state.brokers}
@@ -99,13 +110,14 @@ def report(out: TextIO, state: ClusterState) -> bool:
     if state.moto is not None:
         moto = "alive" if alive(state.moto.pid, state.moto.argv) else "not running"
         print(f"S3 (moto) at {state.moto.endpoint}: {moto}", file=out)
-    rows = [["node", "zone", "address", "metrics", "pid", "alive", "lease", "controller"]]
+    rows = [["node", "zone", "address", "metrics", "pid", "alive", "lease", "controller",
+             "zone switches"]]
     for b in state.brokers:
         s = scrapes[b.node_id]
         rows.append([str(b.node_id), b.zone, f"{b.host}:{b.port}",
                      str(b.metrics_port) if b.metrics_port else "-",
                      str(b.pid) if b.pid else "-", "yes" if live[b.node_id] else "no",
-                     _lease(s), _controller(s)])
+                     _lease(s), _controller(s), _switches(s)])
     for line in table(rows):
         print(line, file=out)
     print(file=out)
