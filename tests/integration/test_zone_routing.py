@@ -6,13 +6,12 @@ a listener per zone), a producer and a consumer group per zone."""
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from tests.integration.cluster import wait_for
@@ -23,6 +22,9 @@ from tests.integration.zoned import (
     TailingConsumer,
     ZonedCluster,
     create,
+    every_zone_reads_everything,
+    produce_numbered,
+    produce_transactions,
     zoned_cluster,
 )
 from tidelog.tools.local_postgres import LocalPostgres
@@ -58,16 +60,6 @@ def test_a_zoned_client_sees_its_zone_broker_lead_every_partition(routed: ZonedC
         assert leaders(listeners(routed)[zone]) == {node}, zone
 
 
-def produce_numbered(bootstrap: str, topic: str, zone: str, n: int, **conf: object) -> None:
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all", **conf})
-    for i in range(n):
-        p.produce(topic, value=f"{zone}-{i:06d}-".encode() + b"x" * (SIZE - 10),
-                  partition=i % 12)
-        if i % 200 == 0:
-            p.poll(0)
-    assert p.flush(60) == 0
-
-
 def test_every_zone_produces_and_consumes_with_no_record_byte_crossing_zones(
         routed: ZonedCluster) -> None:
     """A producer and a consumer group per zone on a 12-partition topic: each group reads
@@ -79,26 +71,7 @@ def test_every_zone_produces_and_consumes_with_no_record_byte_crossing_zones(
     before, broker_before = routed.zone_bytes(), routed.zone_bytes("broker")
     proxied_before, wal_before = total(routed, "tidelog_zone_produce_bytes_total"), total(
         routed, "tidelog_wal_bytes_written_total")
-    tails = {z: TailingConsumer(b, topic) for z, b in boots.items()}
-    producers = [threading.Thread(target=produce_numbered, args=(b, topic, z, PER_ZONE),
-                                  kwargs={"enable.idempotence": True})
-                 for z, b in boots.items()]
-    try:
-        for t in producers:
-            t.start()
-        deadline = time.monotonic() + 120
-        while any(len(c.records) < 3 * PER_ZONE for c in tails.values()):
-            assert time.monotonic() < deadline, {z: len(c.records) for z, c in tails.items()}
-            for c in tails.values():
-                c.more(0.1)
-        for t in producers:
-            t.join()
-    finally:
-        for c in tails.values():
-            c.close()
-    expected = sorted(f"{z}-{i:06d}" for z in boots for i in range(PER_ZONE))
-    for zone, c in tails.items():
-        assert sorted(v[:8].decode() for _p, _o, v in c.records) == expected, zone
+    every_zone_reads_everything(boots, topic, PER_ZONE)
     after, broker_after = routed.zone_bytes(), routed.zone_bytes("broker")
     delta = {k: v - before.get(k, 0.0) for k, v in after.items()}
     data = sum(v for (_s, _d, kind), v in delta.items() if kind == "data")
@@ -133,14 +106,7 @@ def test_idempotent_and_transactional_producers_through_a_proxy(routed: ZonedClu
     create(routed.cluster.bootstrap, topic)
     boot = routed.bootstrap(routed.zb)
     produce_numbered(boot, topic, "i", 2000, **{"enable.idempotence": True})
-    p = Producer({"bootstrap.servers": boot, "transactional.id": f"routed-{uuid.uuid4()}"})
-    p.init_transactions(30)
-    for t, outcome in enumerate(("commit", "abort", "commit")):
-        p.begin_transaction()
-        for i in range(120):
-            p.produce(topic, value=b"t%d-%03d" % (t, i), partition=i % 12)
-        p.flush(30)
-        (p.commit_transaction if outcome == "commit" else p.abort_transaction)(30)
+    produce_transactions(boot, topic, b"t%d-%03d")
     c = TailingConsumer(boot, topic, isolation="read_committed")
     try:
         got = c.until(2240)

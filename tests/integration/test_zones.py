@@ -25,6 +25,7 @@ from tests.integration.zoned import (
     check_once_in_order,
     create,
     produce,
+    produce_transactions,
     zoned_cluster,
 )
 from tidelog.tools.cluster_status import cross_zone_by_topic
@@ -156,15 +157,7 @@ def test_read_committed_through_a_zone_broker(zoned: ZonedCluster) -> None:
     zone b's broker."""
     topic = "zoned-fetch-txn"
     create(zoned.cluster.bootstrap, topic)
-    p = Producer({"bootstrap.servers": zoned.cluster.bootstrap,
-                  "transactional.id": "zoned-fetch-txn"})
-    p.init_transactions(30)
-    for t, outcome in enumerate(("commit", "abort", "commit")):
-        p.begin_transaction()
-        for i in range(120):
-            p.produce(topic, value=b"%d-%03d" % (t, i), partition=i % 12)
-        p.flush(30)
-        (p.commit_transaction if outcome == "commit" else p.abort_transaction)(30)
+    produce_transactions(zoned.cluster.bootstrap, topic, b"%d-%03d")
     reads_before = sum(zoned.zone_fetch_reads().values())
     tail = TailingConsumer(zoned.bootstrap(zoned.zb), topic, isolation="read_committed")
     try:

@@ -4,6 +4,7 @@ through link proxies that connect from 127.0.3.200 (zoned by `zone.cidr.blocks`)
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -159,3 +160,53 @@ def check_once_in_order(got: list[tuple[int, int, bytes]]) -> None:
     for partition, seq in by_partition.items():
         assert [o for o, _v in seq] == list(range(len(seq))), partition
         assert [v for _o, v in seq] == sorted(v for _o, v in seq), partition
+
+
+def produce_numbered(bootstrap: str, topic: str, zone: str, n: int, **conf: object) -> None:
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all", **conf})
+    for i in range(n):
+        p.produce(topic, value=f"{zone}-{i:06d}-".encode() + b"x" * (SIZE - 10),
+                  partition=i % 12)
+        if i % 200 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0
+
+
+def every_zone_reads_everything(boots: dict[str, str], topic: str, per_zone: int) -> None:
+    """A producer (idempotent) and a consumer group per zone (`boots`: zone -> its
+    bootstrap): every group reads every zone's records, each once."""
+    tails = {zone: TailingConsumer(b, topic) for zone, b in boots.items()}
+    producers = [threading.Thread(target=produce_numbered, args=(b, topic, zone, per_zone),
+                                  kwargs={"enable.idempotence": True})
+                 for zone, b in boots.items()]
+    want = len(boots) * per_zone
+    try:
+        for t in producers:
+            t.start()
+        deadline = time.monotonic() + 120
+        while any(len(c.records) < want for c in tails.values()):
+            assert time.monotonic() < deadline, {k: len(c.records) for k, c in tails.items()}
+            for c in tails.values():
+                c.more(0.1)
+        for t in producers:
+            t.join()
+    finally:
+        for c in tails.values():
+            c.close()
+    expected = sorted(f"{zone}-{i:06d}" for zone in boots for i in range(per_zone))
+    for zone, c in tails.items():
+        assert sorted(v[:8].decode() for _p, _o, v in c.records) == expected, zone
+
+
+def produce_transactions(bootstrap: str, topic: str, value: bytes, **conf: object) -> None:
+    """Three transactions of 120 records over 12 partitions, the second aborted; record
+    i of transaction t is `value % (t, i)`."""
+    p = Producer({"bootstrap.servers": bootstrap, "transactional.id": uuid.uuid4().hex,
+                  **conf})
+    p.init_transactions(30)
+    for t, outcome in enumerate(("commit", "abort", "commit")):
+        p.begin_transaction()
+        for i in range(120):
+            p.produce(topic, value=value % (t, i), partition=i % 12)
+        p.flush(30)
+        (p.commit_transaction if outcome == "commit" else p.abort_transaction)(30)

@@ -27,12 +27,12 @@ from tidelog.zone.tail_wire import (
     TailAnswer,
     TailPart,
     TailRequest,
-    WireError,
     decode_answers,
     decode_request,
     encode_answers,
     encode_request,
 )
+from tidelog.zone.wire import WireError
 
 
 def batch(i: int) -> bytes:

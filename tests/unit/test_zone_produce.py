@@ -19,13 +19,13 @@ from tidelog.zone.forward_wire import (
     ForwardAnswer,
     ForwardPart,
     ForwardRequest,
-    ForwardWireError,
     decode_answers,
     decode_request,
     encode_answers,
     encode_request,
 )
 from tidelog.zone.turns import Turns
+from tidelog.zone.wire import WireError
 
 
 def test_the_forward_wire_format_round_trips_and_refuses_garbage() -> None:
@@ -35,9 +35,9 @@ def test_the_forward_wire_format_round_trips_and_refuses_garbage() -> None:
     answers = [ForwardAnswer(0, 42, 0, -1), ForwardAnswer(6, message="not here")]
     assert decode_answers(encode_answers(answers)) == answers
     for junk in (b"", encode_request(req)[:-2], b"\x00" * 12 + b"\xff\xff\xff\xff"):
-        with pytest.raises(ForwardWireError):
+        with pytest.raises(WireError):
             decode_request(junk)
-    with pytest.raises(ForwardWireError):
+    with pytest.raises(WireError):
         decode_answers(encode_answers(answers)[:-3])
 
 

@@ -22,6 +22,7 @@ from tidelog.api.fetch_sessions import (
     SessionPartition,
 )
 from tidelog.api.traffic import frame_bytes, traffic
+from tidelog.api.zone_routing import remote_owner, stand_in
 from tidelog.partition.partition import Partition
 from tidelog.protocol.codec import RequestHeader
 from tidelog.protocol.fetch_encoder import PartitionOut, TopicOut, encode_fetch_response
@@ -212,7 +213,7 @@ async def _read_all(
              Read(error(ctx.topics.missing(*k)), -1, -1, -1, []))
         if p is not None and redirect is not None and (r is None or r.code == NONE):
             r = Read(NONE, p.high_watermark, p.last_stable_offset, p.log_start_offset, [],
-                     preferred=redirect[p.stream.stream_id % len(redirect)])
+                     preferred=stand_in(redirect, p.stream.stream_id))
         if r is None:
             assert p is not None
             end = p.last_stable_offset if committed else p.high_watermark
@@ -272,20 +273,18 @@ def _split(ctx: Context, header: RequestHeader, wanted: dict[PartitionKey, Sessi
            denied: set[str]) -> tuple[dict[PartitionKey, SessionPartition], RemoteKeys]:
     """The partitions read here (or answered with an error), and those owned elsewhere
     that this broker reads for a zoned client, by owner."""
-    remote_fetch = ctx.zone_fetch()
-    if remote_fetch is None or header.zone is None:
+    if ctx.zone_fetch() is None or header.zone is None:
         return wanted, {}
     local: dict[PartitionKey, SessionPartition] = {}
     remote: RemoteKeys = {}
     for k, sp in wanted.items():
+        owner = None if k[0] in denied else remote_owner(ctx, header, *k)
+        if owner is None:
+            local[k] = sp
+            continue
         t = ctx.topics.get(k[0])
-        if (k[0] not in denied and t is not None and 0 <= k[1] < t.count
-                and k[1] not in t.owned):
-            owner, _epoch = ctx.topics.leader(t, k[1])
-            if owner >= 0 and owner != ctx.broker.node_id and remote_fetch.serves(owner):
-                remote.setdefault(owner, []).append((k, t.streams[k[1]], sp))
-                continue
-        local[k] = sp
+        assert t is not None
+        remote.setdefault(owner, []).append((k, t.streams[k[1]], sp))
     return local, remote
 
 

@@ -17,7 +17,7 @@ from tidelog.api.base import (
     make,
     response_module,
 )
-from tidelog.api.zone_routing import stand_in_brokers
+from tidelog.api.zone_routing import stand_in, stand_in_brokers
 from tidelog.partition.topics import Topic, TopicError
 from tidelog.protocol.codec import RequestHeader
 
@@ -32,7 +32,7 @@ def _topic_entry(mod: Any, ctx: Context, topic: Topic, live: dict[int, str | Non
     for i in range(topic.count):
         node, epoch = ctx.topics.leader(topic, i)
         if zone is not None and node in live and live[node] != zone[0]:
-            node = zone[1][topic.streams[i] % len(zone[1])]
+            node = stand_in(zone[1], topic.streams[i])
         if node in live:
             parts.append(make(mod.MetadataResponsePartition, error_code=NONE,
                               partition_index=i, leader_id=node, leader_epoch=epoch,

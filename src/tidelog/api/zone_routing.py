@@ -27,13 +27,19 @@ def stand_in_brokers(ctx: Context, header: RequestHeader) -> list[int] | None:
     return ctx.zone_brokers(header.zone) or None
 
 
-def proxied_owner(ctx: Context, header: RequestHeader, name: str, index: int) -> int | None:
-    """The owner of a partition this broker stands in for, for this client: routing is
-    on, the client is zoned, the partition lives on another broker whose WAL this one
-    can read. None: served here as usual (owned here, or answered as not led here)."""
+def stand_in(brokers: list[int], stream_id: int) -> int:
+    """A stream's broker among a zone's (`Context.zone_brokers`): every broker asked picks
+    the same one, and the zone's streams spread over them."""
+    return brokers[stream_id % len(brokers)]
+
+
+def remote_owner(ctx: Context, header: RequestHeader, name: str, index: int) -> int | None:
+    """The owner of a partition this broker reads for this client from the owner's WAL
+    and objects: zone fetch is on, the client is zoned, the partition lives on another
+    broker whose WAL this one can read. None: served here as usual (owned here, or
+    answered as not led here)."""
     remote = ctx.zone_fetch()
-    if (ctx.zone_proxy() is None or remote is None or header.zone is None
-            or ctx.topics.partition(name, index) is not None):
+    if remote is None or header.zone is None or ctx.topics.partition(name, index) is not None:
         return None
     topic = ctx.topics.get(name)
     if topic is None or not 0 <= index < topic.count:
@@ -42,6 +48,12 @@ def proxied_owner(ctx: Context, header: RequestHeader, name: str, index: int) ->
     if owner < 0 or owner == ctx.broker.node_id or not remote.serves(owner):
         return None
     return owner
+
+
+def proxied_owner(ctx: Context, header: RequestHeader, name: str, index: int) -> int | None:
+    """As `remote_owner`, while zone routing is on: this broker stands in for the owner
+    in everything the client sends a partition's leader."""
+    return remote_owner(ctx, header, name, index) if ctx.zone_proxy() is not None else None
 
 
 async def ask_owner(ctx: Context, owner: int, req: Any, topic: Any, partition: Any,

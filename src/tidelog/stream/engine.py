@@ -419,13 +419,7 @@ class StreamEngine:
         not trimmed past it until `unpin`); returns its position. Waits for room as any
         append does."""
         await self.reserve(len(payload), timeout)
-        try:
-            end = await self.wal.append(FOREIGN_BIT | stream_id, 0, 0, 0, payload)
-        except BaseException as exc:
-            self.fail(f"WAL append failed: {exc!r}")
-            raise StorageError(self._failed) from exc
-        finally:
-            self.release(len(payload))
+        end = await self._wal_write(FOREIGN_BIT | stream_id, 0, 0, 0, payload)
         at = self.wal.record_start(end, len(payload))
         if at is None:
             raise StorageError("this WAL cannot be read by position: no proxy produce")
@@ -477,16 +471,20 @@ class StreamEngine:
 
     async def wal_append(self, entry: CacheEntry, epoch: int) -> int:
         """Append a reserved entry; releases its reservation whatever happens."""
+        return await self._wal_write(entry.stream_id, epoch, entry.base_offset,
+                                     entry.last_offset, entry.payload)
+
+    async def _wal_write(self, stream_id: int, epoch: int, base: int, last: int,
+                         payload: bytes | bytearray | memoryview) -> int:
         try:
-            return await self.wal.append(entry.stream_id, epoch, entry.base_offset,
-                                         entry.last_offset, entry.payload)
+            return await self.wal.append(stream_id, epoch, base, last, payload)
         except BaseException as exc:
             # Offsets after this one may already be assigned: we cannot roll back, and the
             # record may or may not be durable. Stop taking writes; a restart recovers.
             self.fail(f"WAL append failed: {exc!r}")
             raise StorageError(self._failed) from exc
         finally:
-            self.release(len(entry.payload))
+            self.release(len(payload))
 
     def fail(self, reason: str) -> None:
         if self._failed is None:

@@ -20,12 +20,12 @@ from tidelog.zone.forward_wire import (
     ForwardAnswer,
     ForwardPart,
     ForwardRequest,
-    ForwardWireError,
     decode_answers,
     encode_request,
 )
 from tidelog.zone.remote_fetch import ANSWER_SLACK, Call
 from tidelog.zone.turns import Turns
+from tidelog.zone.wire import WireError
 
 
 @dataclass(slots=True)
@@ -74,7 +74,7 @@ class ProduceProxy:
             turns.done(ticket)  # the forward is queued: the next one goes after it
             answers = decode_answers(await sent)
             if len(answers) != len(parts):
-                raise ForwardWireError(f"{len(answers)} answers to {len(parts)} batches")
+                raise WireError(f"{len(answers)} answers to {len(parts)} batches")
             return answers
         finally:
             turns.done(ticket)

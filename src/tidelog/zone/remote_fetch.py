@@ -28,10 +28,10 @@ from tidelog.zone.tail_wire import (
     TailAnswer,
     TailPart,
     TailRequest,
-    WireError,
     decode_answers,
     encode_request,
 )
+from tidelog.zone.wire import WireError
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from tidelog.zone.wire import I32, WireError, count, get_name, put_str
+
 TAIL_INDEX = 32001
 VERSION = 0
 
@@ -26,12 +28,8 @@ _REQ_PART = struct.Struct(">iqii")  # partition, fetch offset, leader epoch, max
 _ANS_HEAD = struct.Struct(">hqqqqii")  # error, hw, lso, start, cached from, aborted, entries
 _ABORTED = struct.Struct(">qq")
 _ENTRY = struct.Struct(">qqqi")  # base, last, position, length
-_I16 = struct.Struct(">h")
-_I32 = struct.Struct(">i")
 
 
-class WireError(ValueError):
-    """A TailIndex frame that does not parse."""
 
 
 @dataclass(slots=True)
@@ -66,7 +64,7 @@ class TailAnswer:
 def encode_request(req: TailRequest) -> bytes:
     out = bytearray(_REQ_HEAD.pack(req.max_wait_ms, int(req.committed), len(req.parts)))
     for p in req.parts:
-        _put_str(out, p.topic)
+        put_str(out, p.topic)
         out += _REQ_PART.pack(p.partition, p.fetch_offset, p.leader_epoch, p.max_bytes)
     return bytes(out)
 
@@ -76,8 +74,8 @@ def decode_request(buf: bytes | memoryview) -> TailRequest:
         wait, isolation, n = _REQ_HEAD.unpack_from(buf, 0)
         at = _REQ_HEAD.size
         req = TailRequest(wait, isolation == 1)
-        for _ in range(_count(n)):
-            topic, at = _get_str(buf, at)
+        for _ in range(count(n)):
+            topic, at = get_name(buf, at)
             partition, offset, epoch, max_bytes = _REQ_PART.unpack_from(buf, at)
             at += _REQ_PART.size
             req.parts.append(TailPart(topic, partition, offset, epoch, max_bytes))
@@ -87,7 +85,7 @@ def decode_request(buf: bytes | memoryview) -> TailRequest:
 
 
 def encode_answers(answers: list[TailAnswer]) -> bytes:
-    out = bytearray(_I32.pack(len(answers)))
+    out = bytearray(I32.pack(len(answers)))
     for a in answers:
         out += _ANS_HEAD.pack(a.error, a.high_watermark, a.last_stable_offset,
                               a.log_start_offset, a.cached_from, len(a.aborted),
@@ -101,17 +99,17 @@ def encode_answers(answers: list[TailAnswer]) -> bytes:
 
 def decode_answers(buf: bytes | memoryview) -> list[TailAnswer]:
     try:
-        (n,) = _I32.unpack_from(buf, 0)
-        at = _I32.size
+        (n,) = I32.unpack_from(buf, 0)
+        at = I32.size
         out: list[TailAnswer] = []
-        for _ in range(_count(n)):
+        for _ in range(count(n)):
             err, hw, lso, start, cached, naborted, nentries = _ANS_HEAD.unpack_from(buf, at)
             at += _ANS_HEAD.size
             a = TailAnswer(err, hw, lso, start, cached)
-            for _ in range(_count(naborted)):
+            for _ in range(count(naborted)):
                 a.aborted.append(_ABORTED.unpack_from(buf, at))
                 at += _ABORTED.size
-            for _ in range(_count(nentries)):
+            for _ in range(count(nentries)):
                 a.entries.append(_ENTRY.unpack_from(buf, at))
                 at += _ENTRY.size
             out.append(a)
@@ -119,22 +117,3 @@ def decode_answers(buf: bytes | memoryview) -> list[TailAnswer]:
         raise WireError(f"malformed TailIndex answer: {exc}") from None
     return out
 
-
-def _count(n: int) -> int:
-    if n < 0:
-        raise WireError(f"negative count {n}")
-    return n
-
-
-def _put_str(out: bytearray, s: str) -> None:
-    raw = s.encode()
-    out += _I16.pack(len(raw))
-    out += raw
-
-
-def _get_str(buf: bytes | memoryview, at: int) -> tuple[str, int]:
-    (n,) = _I16.unpack_from(buf, at)
-    at += _I16.size
-    if n < 0 or at + n > len(buf):
-        raise WireError("string out of bounds")
-    return bytes(buf[at:at + n]).decode(), at + n
